@@ -1,0 +1,70 @@
+"""A small registry that turns a model name into a network for the data at hand.
+
+Names resolve in order: the CIFAR-style models defined here, torchvision's classification
+models, then ``package.module:factory`` for a user's own model. Every factory is called with
+keyword arguments ``num_classes`` and ``in_channels`` (a user factory may ignore them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from torch import nn
+
+from hwdnal.errors import UserError
+from hwdnal.models import cifar_mobilenetv2, cifar_resnet, cifar_vgg, torchvision_models
+
+CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": cifar_resnet.resnet20,
+    "resnet32": cifar_resnet.resnet32,
+    "resnet44": cifar_resnet.resnet44,
+    "resnet56": cifar_resnet.resnet56,
+    "resnet110": cifar_resnet.resnet110,
+    "vgg16_bn_cifar": cifar_vgg.vgg16_bn_cifar,
+    "mobilenet_v2_cifar": cifar_mobilenetv2.mobilenet_v2_cifar,
+}
+
+
+def model_names() -> list[str]:
+    return sorted(CIFAR_MODELS) + torchvision_models.available()
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Build ``name`` (see module doc) with random weights."""
+    if name in CIFAR_MODELS:
+        return CIFAR_MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    if ":" in name:
+        return _user_model(name, num_classes, in_channels)
+    try:
+        return torchvision_models.create(name, num_classes, in_channels)
+    except KeyError:
+        raise UserError(
+            f"unknown model '{name}': use one of {', '.join(sorted(CIFAR_MODELS))}, a "
+            "torchvision classification model (e.g. resnet18, mobilenet_v2, vgg16_bn) or "
+            "package.module:factory for your own"
+        ) from None
+
+
+def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    module_name, _, factory_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise UserError(
+            f"cannot import '{module_name}' for --model {spec}: {error}; make sure the module "
+            "is on PYTHONPATH (run from its folder or pip install it)"
+        ) from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise UserError(f"'{module_name}' has no callable '{factory_name}' for --model {spec}")
+    try:
+        model = factory(num_classes=num_classes, in_channels=in_channels)
+    except TypeError:
+        model = factory()
+    if not isinstance(model, nn.Module):
+        raise UserError(
+            f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module; the "
+            "factory must return the network"
+        )
+    return model
