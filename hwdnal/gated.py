@@ -33,7 +33,10 @@ class GatedModel(nn.Module):
     def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
         super().__init__()
         self.model = model
+        was_training = model.training
+        model.eval()  # tracing runs a forward pass: it must not touch BatchNorm statistics
         self.plan: ChannelPlan = build_channel_plan(model, example_input)
+        model.train(was_training)
         self.gate = ScaledSigmoidGate(self.plan.num_gates, name="all groups")
         self._current: torch.Tensor | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []

@@ -1,0 +1,116 @@
+"""Rich progress for the search: one bar per epoch, a live line of metrics, a final table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from hwdnal.search import SearchObserver
+
+console = Console(stderr=True)
+
+
+class RichSearchObserver(SearchObserver):
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[stage]:<12}[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+            transient=False,
+        )
+        self._task: Any = None
+        self._stage = ""
+        self._epochs = 0
+        self._steps = 0
+        self._epoch = 0
+        self._step = 0
+
+    def __enter__(self) -> RichSearchObserver:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def stage_started(self, stage: str, epochs: int, steps: int, first_epoch: int) -> None:
+        self._stage, self._epochs, self._steps, self._epoch = stage, epochs, steps, first_epoch
+        if stage == "prune":
+            console.print("[bold]prune[/]        removing channels whose gate is 0")
+            return
+        if epochs == 0 or first_epoch >= epochs:
+            return
+        if first_epoch:
+            console.print(f"[bold]{stage}[/] resuming at epoch {first_epoch + 1}/{epochs}")
+        self._new_bar()
+
+    def _new_bar(self) -> None:
+        self._step = 0
+        self._task = self.progress.add_task(
+            f"epoch {self._epoch + 1}/{self._epochs}", total=self._steps,
+            stage=self._stage, metrics="",
+        )
+
+    def step(self, stage: str, values: dict[str, float]) -> None:
+        self._step += 1
+        if self._task is None or (self._step % 2 and self._step != self._steps):
+            return
+        shown = []
+        for key in ("loss", "acc", "sparsity", "latency_ms", "delta", "kept"):
+            if key in values:
+                value = values[key]
+                shown.append(f"{key} {value:.0f}" if key in ("kept", "delta") and value >= 10
+                             else f"{key} {value:.3f}")
+        self.progress.update(self._task, completed=self._step, metrics="  ".join(shown))
+
+    def epoch_finished(self, stage: str, epoch: int, summary: dict[str, float]) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, completed=self._steps)
+        self._epoch = epoch + 1
+        if self._epoch < self._epochs:
+            self._new_bar()
+        else:
+            self._task = None
+
+    def stage_finished(self, stage: str, seconds: float) -> None:
+        console.print(f"[green]✓[/] {stage} finished in {seconds:.1f} s")
+
+    def message(self, text: str) -> None:
+        console.print(text)
+
+
+def print_summary(result: dict[str, Any], out: Path) -> None:
+    """Dense against pruned: accuracy, parameters, MACs (and latency once measured)."""
+    table = Table(title=f"hwdnal search — {result['model']} on {result['data']}")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("ratio", justify="right")
+    dense, pruned = result["dense"], result["pruned"]
+    rows = [("top-1 accuracy", "accuracy", "{:.2%}"), ("parameters", "params", "{:,}"),
+            ("MACs", "macs", "{:,}"), ("latency (ms)", "latency_ms", "{:.3f}")]
+    for label, key, fmt in rows:
+        if dense.get(key) is None or pruned.get(key) is None:
+            continue
+        ratio = pruned[key] / dense[key] if dense[key] else float("nan")
+        ratio_text = f"{pruned[key] - dense[key]:+.2%}" if key == "accuracy" else f"{ratio:.2f}x"
+        table.add_row(label, fmt.format(dense[key]), fmt.format(pruned[key]), ratio_text)
+    kept = sum(g["kept"] for g in result["groups"])
+    total = sum(g["total"] for g in result["groups"])
+    Console().print(table)
+    Console().print(f"channels kept {kept}/{total} in {len(result['groups'])} groups; "
+                    f"run directory {out} (result.json, pruned.pt)")

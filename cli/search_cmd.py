@@ -1,0 +1,60 @@
+"""`hwdnal search`: run DNAL's staged search into a run directory, with live progress."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+
+
+def search(
+    out: Path = typer.Option(..., "--out", help="Run directory (created; re-run to resume)."),
+    model: str = typer.Option("resnet20", help="Model name, torchvision name or pkg.mod:factory."),
+    data: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, cifar10, imagefolder, synthetic."),
+    data_dir: str | None = typer.Option(None, help="Folder holding the dataset files."),
+    input_size: int | None = typer.Option(None, help="Resize inputs to N×N."),
+    epochs_weights: int = typer.Option(4, help="Epochs of the weight stage (gates off)."),
+    epochs_arch: int = typer.Option(2, help="Epochs of the architecture stage (δ: 1 → 1e4)."),
+    epochs_finetune: int = typer.Option(3, help="Epochs of finetuning the pruned network."),
+    lambda_a: float = typer.Option(2.0, help="Weight λa of DNAL's sparsity term."),
+    batch_size: int = typer.Option(128, help="Batch size of every stage."),
+    train_subset: int | None = typer.Option(None, help="Train on N examples only."),
+    test_subset: int | None = typer.Option(None, help="Evaluate on N held-out examples only."),
+    lr: float = typer.Option(0.1, help="Learning rate of the weight stage."),
+    finetune_lr: float = typer.Option(0.02, help="Learning rate of finetuning."),
+    arch_lr: float = typer.Option(0.2, help="Learning rate of the gate parameters."),
+    seed: int = typer.Option(0, help="Seed of initialisation, subsets and batch order."),
+    weights: str | None = typer.Option(None, help="Start from trained weights; skips the weight stage."),
+) -> None:
+    """Learn which channels to keep with DNAL, prune them physically and finetune."""
+    from hwdnal.search import DnalSearch, SearchConfig
+
+    from hwdnal.cli.progress import RichSearchObserver, print_summary
+
+    config = SearchConfig(
+        model=model, data=data, data_dir=data_dir, input_size=input_size,
+        train_subset=train_subset, test_subset=test_subset, epochs_weights=epochs_weights,
+        epochs_arch=epochs_arch, epochs_finetune=epochs_finetune, batch_size=batch_size,
+        lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr, lambda_a=lambda_a, seed=seed,
+        weights=weights,
+    )
+    _check_positive(epochs_weights=epochs_weights, epochs_arch=epochs_arch,
+                    epochs_finetune=epochs_finetune, batch_size=batch_size)
+    with RichSearchObserver() as observer:
+        result: dict[str, Any] = DnalSearch(config, out, observer).run()
+    print_summary(result, out)
+
+
+def _check_positive(**values: int) -> None:
+    from hwdnal.errors import UserError
+
+    for name, value in values.items():
+        minimum = 1 if name in ("batch_size", "epochs_arch") else 0
+        if value < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be at least {minimum}, got {value}")

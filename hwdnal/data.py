@@ -1,0 +1,294 @@
+"""Data sets for the search: real images from disk, or random tensors for latency work.
+
+Small data sets (MNIST, Fashion-MNIST, CIFAR-10, synthetic) are held in memory as uint8
+tensors and batched by indexing: on a 2-core machine a DataLoader with worker processes
+costs more than it saves. Folders of image files go through torchvision's ImageFolder and a
+DataLoader sized to the machine. Every split is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwdnal.errors import UserError
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+_STATS = {  # per-channel mean and std of the training images, in [0, 1]
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+_NATIVE_SIZE = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32}
+
+
+@dataclass
+class Split:
+    """Images (uint8, N×C×H×W) and labels (int64) held in memory."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSpec:
+    name: str
+    train: Split | torch.utils.data.Dataset
+    test: Split | torch.utils.data.Dataset
+    num_classes: int
+    in_channels: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.randn(batch, self.in_channels, self.input_size, self.input_size)
+
+
+def load_data(
+    name: str,
+    data_dir: str | Path | None = None,
+    input_size: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> DataSpec:
+    """Load ``name`` (one of :data:`DATASETS`) with deterministic subsets."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}': use one of {', '.join(DATASETS)}")
+    if name in ("fashion-mnist", "mnist"):
+        train, test, classes = _load_idx(name, data_dir)
+    elif name == "cifar10":
+        train, test, classes = _load_cifar10(data_dir)
+    elif name == "imagefolder":
+        return _load_imagefolder(data_dir, input_size or 224, seed)
+    else:
+        size = input_size or 32
+        train, test, classes = _synthetic(size, seed)
+    train = _subset(train, train_subset, seed)
+    test = _subset(test, test_subset, seed + 1)
+    mean, std = _STATS[name]
+    size = input_size or _NATIVE_SIZE.get(name, train.images.shape[-1])
+    return DataSpec(name, train, test, classes, train.images.shape[1], size, mean, std)
+
+
+def _subset(split: Split, count: int | None, seed: int) -> Split:
+    if count is None or count >= len(split):
+        return split
+    if count < 1:
+        raise UserError(f"--train-subset must be at least 1, got {count}")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+    return Split(split.images[order], split.labels[order])
+
+
+# -- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_idx_dir(name: str, data_dir: str | Path | None) -> Path:
+    candidates = [Path(data_dir)] if data_dir else []
+    if name == "fashion-mnist" and not data_dir:
+        candidates.append(DEBIAN_FASHION_MNIST)
+    if not data_dir:
+        candidates.append(Path("data") / name)
+    for folder in candidates:
+        if (folder / (_IDX_FILES["train"][0] + ".gz")).exists() or (
+            folder / _IDX_FILES["train"][0]
+        ).exists():
+            return folder
+        raw = folder / ("FashionMNIST" if name == "fashion-mnist" else "MNIST") / "raw"
+        if (raw / (_IDX_FILES["train"][0] + ".gz")).exists() or (raw / _IDX_FILES["train"][0]).exists():
+            return raw
+    where = ", ".join(str(c) for c in candidates)
+    hint = (
+        "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
+        if name == "fashion-mnist"
+        else ""
+    )
+    raise UserError(
+        f"no {name} IDX files (train-images-idx3-ubyte[.gz] ...) found in {where}: {hint}"
+        f"run `make data` (torchvision's downloader, needs internet) or download the four "
+        "files and pass --data-dir FOLDER"
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    if not path.exists():
+        path = path.with_name(path.name + ".gz")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08 or ndim < 1:
+            raise ValueError("bad magic number")
+        shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+        array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return array.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error) as error:
+        raise UserError(
+            f"{path} is not a valid IDX file ({error}): download it again"
+        ) from None
+
+
+def _load_idx(name: str, data_dir: str | Path | None) -> tuple[Split, Split, int]:
+    folder = _find_idx_dir(name, data_dir)
+    splits = []
+    for images_name, labels_name in _IDX_FILES.values():
+        images = _read_idx(folder / images_name)
+        labels = _read_idx(folder / labels_name)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(
+                f"{folder}: {images_name} and {labels_name} do not match "
+                f"({images.shape} images, {labels.shape} labels): download them again"
+            )
+        splits.append(
+            Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+        )
+    return splits[0], splits[1], 10
+
+
+# -- CIFAR-10 (python batches) ------------------------------------------------------------
+def _load_cifar10(data_dir: str | Path | None) -> tuple[Split, Split, int]:
+    if not data_dir:
+        raise UserError(
+            "cifar10 needs --data-dir: the folder 'cifar-10-batches-py' from "
+            "cifar-10-python.tar.gz (no package ships CIFAR-10 offline)"
+        )
+    folder = Path(data_dir)
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+
+    def read(names: list[str]) -> Split:
+        images, labels = [], []
+        for batch_name in names:
+            path = folder / batch_name
+            try:
+                with open(path, "rb") as handle:
+                    batch = pickle.load(handle, encoding="bytes")
+                images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(int(v) for v in batch[b"labels"])
+            except FileNotFoundError:
+                raise UserError(
+                    f"{path} is missing: --data-dir must hold CIFAR-10's python batches "
+                    "(data_batch_1..5 and test_batch)"
+                ) from None
+            except Exception as error:
+                raise UserError(f"{path} is not a CIFAR-10 python batch ({error})") from None
+        return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
+
+    return read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"]), 10
+
+
+# -- synthetic ----------------------------------------------------------------------------
+def _synthetic(size: int, seed: int, classes: int = 10) -> tuple[Split, Split, int]:
+    """Random images with a learnable signal: each class brightens its own stripe."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def make(count: int) -> Split:
+        labels = torch.randint(0, classes, (count,), generator=generator)
+        images = torch.randint(0, 160, (count, 3, size, size), generator=generator)
+        stripe = max(size // classes, 1)
+        for c in range(classes):
+            rows = slice(c * stripe, (c + 1) * stripe)
+            images[labels == c, :, rows, :] += 90
+        return Split(images.clamp(0, 255).to(torch.uint8), labels)
+
+    return make(2048), make(512), classes
+
+
+# -- image folders ------------------------------------------------------------------------
+def _load_imagefolder(data_dir: str | Path | None, size: int, seed: int) -> DataSpec:
+    from torchvision import datasets, transforms
+
+    if not data_dir:
+        raise UserError("imagefolder needs --data-dir with train/ and val/ subfolders")
+    root = Path(data_dir)
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise UserError(f"{root / sub} is missing: imagefolder needs train/ and val/ "
+                            "subfolders with one folder per class")
+    mean, std = _STATS["imagefolder"]
+    train_tf = transforms.Compose([
+        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(mean, std),
+    ])
+    test_tf = transforms.Compose([
+        transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size),
+        transforms.ToTensor(), transforms.Normalize(mean, std),
+    ])
+    train = datasets.ImageFolder(str(root / "train"), train_tf)
+    test = datasets.ImageFolder(str(root / "val"), test_tf)
+    return DataSpec("imagefolder", train, test, len(train.classes), 3, size, mean, std)
+
+
+# -- batching -----------------------------------------------------------------------------
+def batches(
+    data: DataSpec,
+    split: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    augment: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised float batches; in-memory splits are sliced, folders use a DataLoader."""
+    source = data.train if split == "train" else data.test
+    if not isinstance(source, Split):
+        loader = torch.utils.data.DataLoader(
+            source, batch_size=batch_size, shuffle=shuffle, num_workers=_workers(),
+            generator=torch.Generator().manual_seed(seed), drop_last=shuffle,
+        )
+        yield from loader
+        return
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(source), generator=generator) if shuffle else torch.arange(len(source))
+    stop = len(order) - (len(order) % batch_size if shuffle and len(order) > batch_size else 0)
+    for start in range(0, stop, batch_size):
+        index = order[start : start + batch_size]
+        images = (source.images[index].float() - mean) / std
+        if images.shape[-1] != data.input_size:
+            images = F.interpolate(images, size=data.input_size, mode="bilinear", align_corners=False)
+        if augment:
+            images = _augment(images, generator)
+        yield images, source.labels[index]
+
+
+def steps_per_epoch(data: DataSpec, batch_size: int) -> int:
+    count = len(data.train)
+    return max(count // batch_size, 1)
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and random crops with 2-pixel padding, on the whole batch."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    pad = 2
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    size = images.shape[-1]
+    return padded[..., dy : dy + size, dx : dx + size]
+
+
+def _workers() -> int:
+    return max(min((os.cpu_count() or 1) - 1, 8), 0)

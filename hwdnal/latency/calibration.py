@@ -1,0 +1,92 @@
+"""Whole-network calibration and validation on random physically pruned sub-networks.
+
+Per-layer sums miss what happens between layers (fusion, layout reorders, memory traffic,
+per-run overheads), so we measure whole sub-networks on the target and fit
+``measured ≈ scale · Σ layers + offset`` by least squares on relative error. Validation uses
+fresh sub-networks from another seed and reports |predicted − measured| / measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwdnal.gated import GatedModel
+from hwdnal.prune import prune_physically
+
+
+def random_keep_mask(gated: GatedModel, generator: torch.Generator) -> torch.Tensor:
+    """A random architecture: one overall width ρ ~ U(0.25, 1), each group near ρ.
+
+    Independent widths per group would make every sample's total latency alike (a sum of
+    many independent terms); a shared ρ spreads the samples from small to dense, which is
+    what a fit of scale and offset needs and the range a search moves through.
+    """
+    keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
+    rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
+    for group in gated.plan.groups:
+        ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
+        kept = min(group.size, max(1, round(ratio * group.size)))
+        chosen = torch.randperm(group.size, generator=generator)[:kept]
+        keep[group.start + chosen] = True
+    return keep
+
+
+def random_subnetworks(
+    model: nn.Module, example_input: torch.Tensor, count: int, seed: int
+) -> list[nn.Module]:
+    """``count`` random physically pruned copies of ``model`` (eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    networks = []
+    for _ in range(count):
+        gated = GatedModel(copy.deepcopy(model), example_input)
+        gated.set_keep_mask(random_keep_mask(gated, generator))
+        networks.append(prune_physically(gated).eval())
+    return networks
+
+
+@dataclass(frozen=True)
+class Fit:
+    scale: float
+    offset_ms: float
+
+
+def fit_correction(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> Fit:
+    """Scale and offset minimising Σ ((scale·raw + offset − measured) / measured)²."""
+    raw = np.asarray(raw_ms, dtype=np.float64)
+    measured = np.asarray(measured_ms, dtype=np.float64)
+    if raw.size == 0:
+        return Fit(1.0, 0.0)
+    if raw.size == 1 or np.ptp(raw) < 1e-9 * max(raw.max(), 1e-12):
+        return Fit(1.0, float(np.mean(measured - raw)))
+    weights = 1.0 / measured
+    design = np.stack([raw * weights, weights], axis=1)
+    (scale, offset), *_ = np.linalg.lstsq(design, np.ones_like(raw), rcond=None)
+    if not (math.isfinite(scale) and scale > 0):  # degenerate samples: a pure ratio
+        return Fit(float(np.median(measured / raw)), 0.0)
+    return Fit(float(scale), float(offset))
+
+
+def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:
+    p, m = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    return np.abs(p - m) / m
+
+
+def error_summary(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
+    errors = relative_errors(predicted, measured)
+    return {
+        "median_rel_error": float(np.median(errors)),
+        "p95_rel_error": float(np.percentile(errors, 95)),
+        "max_rel_error": float(np.max(errors)),
+        "mean_signed_error": float(np.mean((np.asarray(predicted) - np.asarray(measured))
+                                           / np.asarray(measured))),
+    }
+
+
+Progress = Callable[[int, int, str], None]

@@ -1,0 +1,205 @@
+"""`hwdnal profile` as a library call: grid, calibration, validation, LUT file.
+
+    layer grid (cached, resumable) -> LUT tables -> dense + K random sub-networks measured
+    -> scale/offset fitted -> N fresh sub-networks measured -> errors stored -> LUT saved
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwdnal.gated import GatedModel
+from hwdnal.latency.cache import MeasurementCache
+from hwdnal.latency.calibration import error_summary, fit_correction, random_subnetworks
+from hwdnal.latency.lut import Calibration, Lut
+from hwdnal.latency.predictor import LatencyModel
+from hwdnal.latency.profiler import build_entries, discover_layers, measure_grid, plan_grid
+from hwdnal.runtimes.measure import Measurement, measure_interleaved
+
+Progress = Callable[[int, int, str], None]
+NETWORK_BATCH = 12  # whole networks compiled and timed together
+DEFAULT_FOLDER = Path("profiles")
+
+
+@dataclass
+class ProfileResult:
+    lut: Lut
+    path: Path
+    grid_points: int  # layer measurements the LUT rests on
+    grid_measured_now: int  # of which measured in this run (the rest came from the cache)
+    networks_measured_now: int
+    seconds: float
+
+
+def input_shape_for(
+    batch: int, in_channels: int, input_size: int | Sequence[int]
+) -> tuple[int, ...]:
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return (batch, in_channels, *size)
+
+
+def default_lut_path(model_name: str, target_name: str, input_shape: Sequence[int]) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)
+    size = "x".join(str(d) for d in input_shape[2:])
+    return DEFAULT_FOLDER / f"{safe}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', target_name)}-{size}.json"
+
+
+def profile_model(
+    target,
+    model: nn.Module,
+    model_name: str,
+    input_size: int | Sequence[int],
+    in_channels: int = 3,
+    *,
+    out: str | Path | None = None,
+    step: int | None = None,
+    grid_points: int | None = None,
+    calibrate: int | None = None,
+    validate: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ProfileResult:
+    """Profile ``model`` on ``target`` (a :class:`hwdnal.targets.Target`) and save its LUT."""
+    started = time.monotonic()
+    settings = target.profile
+    step = step or settings.grid_step
+    grid_points = grid_points or settings.grid_points
+    calibrate = settings.calibrate if calibrate is None else calibrate
+    validate = settings.validate if validate is None else validate
+    runtime = target.create_runtime()
+    fingerprint = target.fingerprint()
+    input_shape = input_shape_for(target.batch, in_channels, input_size)
+    path = Path(out) if out else default_lut_path(model_name, target.name, input_shape)
+    cache = MeasurementCache.for_target(cache_dir or path.parent / ".cache", fingerprint)
+
+    model = model.cpu().eval()
+    example = torch.randn(*input_shape)
+    gated = GatedModel(_copy(model), example[:1])
+    layers = discover_layers(gated, example)
+    entries = plan_grid(layers, step, grid_points)
+    grid_measured = measure_grid(
+        entries, runtime, target.batch, cache, settings.layer_warmup, settings.layer_iterations,
+        progress,
+    )
+    lut_entries, lut_layers = build_entries(entries, layers, cache)
+    lut = Lut(
+        fingerprint=fingerprint,
+        model={"name": model_name, "input_shape": list(input_shape), "layers": len(lut_layers),
+               "gates": gated.plan.num_gates},
+        entries=lut_entries,
+        layers=lut_layers,
+        profile={"grid_step": step, "grid_points_per_axis": grid_points,
+                 "layer_measurements": sum(len(e.points()) for e in entries.values()),
+                 "layer_warmup": settings.layer_warmup,
+                 "layer_iterations": settings.layer_iterations,
+                 "network_warmup": target.warmup, "network_iterations": target.iterations,
+                 "seed": seed},
+    )
+    predictor = LatencyModel(lut)
+
+    # Whole networks: the dense model, K calibration and N validation sub-networks.
+    model_id = _architecture_id(model, input_shape)
+    named: list[tuple[str, nn.Module]] = [(f"net | {model_id} | dense", model)]
+    calibration_nets = random_subnetworks(model, example[:1], calibrate, seed)
+    validation_nets = random_subnetworks(model, example[:1], validate, seed + 7919)
+    named += [
+        (f"net | {model_id} | seed{seed} | cal{i}", n) for i, n in enumerate(calibration_nets)
+    ]
+    named += [(f"net | {model_id} | seed{seed} | val{i}", n) for i, n in enumerate(validation_nets)]
+    networks_now = _measure_networks(named, runtime, input_shape, target, cache, progress)
+    measured = {key: cache.get(key) for key, _ in named}
+    raw = {key: predictor.raw_module(net) for key, net in named}
+
+    fit_keys = [key for key, _ in named if "| val" not in key]
+    fit = fit_correction([raw[k] for k in fit_keys], [measured[k].median_ms for k in fit_keys])
+    dense_key = named[0][0]
+    lut.calibration = Calibration(
+        scale=fit.scale, offset_ms=fit.offset_ms, samples=len(fit_keys),
+        dense_measured_ms=measured[dense_key].median_ms, dense_raw_ms=raw[dense_key],
+        points=[_point(raw[k], fit.scale * raw[k] + fit.offset_ms, measured[k]) for k in fit_keys],
+    )
+    lut.calibration.fit_median_error = error_summary(
+        [p["predicted_ms"] for p in lut.calibration.points],
+        [p["measured_ms"] for p in lut.calibration.points],
+    )["median_rel_error"]
+    val_keys = [key for key, _ in named if "| val" in key]
+    if val_keys:
+        predicted = [fit.scale * raw[k] + fit.offset_ms for k in val_keys]
+        actual = [measured[k].median_ms for k in val_keys]
+        lut.validation = {
+            "samples": len(val_keys),
+            **error_summary(predicted, actual),
+            "points": [
+                _point(raw[k], p, measured[k]) for k, p in zip(val_keys, predicted, strict=True)
+            ],
+        }
+    lut.profile["seconds"] = round(time.monotonic() - started, 1)
+    lut.save(path)
+    return ProfileResult(
+        lut=lut, path=path, grid_points=lut.profile["layer_measurements"],
+        grid_measured_now=grid_measured, networks_measured_now=networks_now,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _measure_networks(
+    named: list[tuple[str, nn.Module]], runtime, input_shape: tuple[int, ...], target,
+    cache: MeasurementCache, progress: Progress | None,
+) -> int:
+    todo = [(key, net) for key, net in named if key not in cache]
+    if progress:
+        progress(0, len(todo), "whole networks")
+    for start in range(0, len(todo), NETWORK_BATCH):
+        chunk = todo[start : start + NETWORK_BATCH]
+        compiled = [runtime.compile(net, input_shape) for _, net in chunk]
+        results = measure_interleaved(compiled, warmup=target.warmup, iterations=target.iterations)
+        for (key, _), result in zip(chunk, results, strict=True):
+            cache.put(key, result)
+        cache.flush()
+        del compiled
+        if progress:
+            progress(min(start + NETWORK_BATCH, len(todo)), len(todo), "whole networks")
+    return len(todo)
+
+
+def _point(raw: float, predicted: float, measured: Measurement) -> dict[str, float]:
+    return {"raw_ms": round(raw, 5), "predicted_ms": round(predicted, 5),
+            "measured_ms": round(measured.median_ms, 5), "p90_ms": round(measured.p90_ms, 5)}
+
+
+def _architecture_id(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """Identifies a model's architecture (not its weights) for the measurement cache."""
+    text = repr(model) + repr(tuple(input_shape))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def describe(result: ProfileResult) -> dict[str, Any]:
+    """The figures the CLI prints at the end."""
+    lut = result.lut
+    return {
+        "path": str(result.path),
+        "layers": len(lut.layers),
+        "signatures": len(lut.entries),
+        "grid_points": result.grid_points,
+        "grid_measured_now": result.grid_measured_now,
+        "networks_measured_now": result.networks_measured_now,
+        "seconds": result.seconds,
+        "calibration": lut.calibration,
+        "validation": lut.validation,
+    }

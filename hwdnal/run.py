@@ -1,0 +1,98 @@
+"""The run directory: configuration, stage progress and checkpoints of one search.
+
+Everything is written atomically, so a run killed at any moment resumes from the last
+finished epoch. A run directory remembers the configuration that created it; re-running
+with a different configuration is refused rather than mixing two searches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hwdnal import __version__
+from hwdnal.atomic import save_torch, write_json
+from hwdnal.errors import UserError
+
+RUN_FORMAT = 1
+#: configuration keys that may change between a run and its resumption
+RESUMABLE_CHANGES = {"out", "debug"}
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    # -- configuration -------------------------------------------------------------------
+    def open(self, config: dict[str, Any]) -> bool:
+        """Create the run, or check it matches ``config``; returns True when resuming."""
+        config_path = self.path / "config.json"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.checkpoints.mkdir(exist_ok=True)
+        except OSError as error:
+            raise UserError(
+                f"cannot create run directory {self.path}: {error.strerror}; choose a "
+                "writable --out"
+            ) from None
+        if not config_path.exists():
+            write_json(config_path, {"format": RUN_FORMAT, "hwdnal": __version__, **config})
+            return False
+        stored = self._read_json(config_path)
+        if stored.get("format") != RUN_FORMAT:
+            raise UserError(
+                f"{self.path} was written by an incompatible hwdnal (run format "
+                f"{stored.get('format')}, this is {RUN_FORMAT}): use a new --out"
+            )
+        different = sorted(
+            key for key in set(stored) | set(config)
+            if key not in RESUMABLE_CHANGES | {"format", "hwdnal"}
+            and stored.get(key) != config.get(key)
+        )
+        if different:
+            changes = ", ".join(f"{k}: {stored.get(k)!r} -> {config.get(k)!r}" for k in different)
+            raise UserError(
+                f"{self.path} holds a run with other settings ({changes}); re-run with the "
+                "same options to resume, or choose a new --out"
+            )
+        return True
+
+    # -- progress ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        path = self.path / "state.json"
+        return self._read_json(path) if path.exists() else {"finished": [], "stages": []}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        write_json(self.path / "state.json", state)
+
+    def save_checkpoint(self, name: str, payload: dict[str, Any]) -> Path:
+        return save_torch(self.checkpoints / f"{name}.pt", payload)
+
+    def load_checkpoint(self, name: str) -> dict[str, Any] | None:
+        path = self.checkpoints / f"{name}.pt"
+        if not path.exists():
+            return None
+        import torch
+
+        try:
+            return torch.load(path, weights_only=False)
+        except Exception as error:
+            raise UserError(
+                f"checkpoint {path} is corrupt ({type(error).__name__}): delete it to redo "
+                "that stage from its start"
+            ) from None
+
+    def write_result(self, result: dict[str, Any]) -> Path:
+        return write_json(self.path / "result.json", result)
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path} is unreadable ({error}): use a new --out") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a hwdnal run file: use a new --out")
+        return data

@@ -1,0 +1,406 @@
+"""The DNAL search engine: four stages, each visible here, each checkpointed.
+
+    weights       gates off; SGD + momentum, cosine LR, weight decay
+    architecture  weights and BatchNorm affine parameters frozen (BatchNorm normalises with
+                  batch statistics); only the gate parameters s learn (s = 0 at start),
+                  δ grows exponentially 1 → 1e4; loss = CE + λa·sparsity + extras
+    prune         every channel whose gate is 0 is removed physically
+    finetune      the smaller plain network trains again
+
+A re-run of the same command resumes from the last finished stage or epoch. Extra loss
+terms (the latency term of a budgeted search) are registered with :meth:`add_loss_term`;
+the engine knows nothing of how they are computed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwdnal import __version__
+from hwdnal.atomic import save_torch
+from hwdnal.complexity import params_and_macs
+from hwdnal.data import DataSpec, load_data, steps_per_epoch
+from hwdnal.errors import UserError
+from hwdnal.gated import GatedModel
+from hwdnal.gates import DeltaSchedule, GateMode
+from hwdnal.models import create_model
+from hwdnal.prune import prune_physically
+from hwdnal.run import RunDir
+from hwdnal.train import LossTerm, evaluate, train_epoch
+
+STAGES = ("weights", "architecture", "prune", "finetune")
+
+
+@dataclass
+class SearchConfig:
+    model: str = "resnet20"
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    input_size: int | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    epochs_weights: int = 4
+    epochs_arch: int = 2
+    epochs_finetune: int = 3
+    batch_size: int = 128
+    lr: float = 0.1
+    finetune_lr: float = 0.02
+    weight_decay: float = 5e-4
+    arch_lr: float = 0.2
+    lambda_a: float = 2.0
+    seed: int = 0
+    weights: str | None = None
+    channels_last: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SearchObserver:
+    """Receives progress; the CLI draws it, tests may record it. All methods optional."""
+
+    def stage_started(self, stage: str, epochs: int, steps: int, first_epoch: int) -> None: ...
+
+    def step(self, stage: str, values: dict[str, float]) -> None: ...
+
+    def epoch_finished(self, stage: str, epoch: int, summary: dict[str, float]) -> None: ...
+
+    def stage_finished(self, stage: str, seconds: float) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class SparsityTerm:
+    """DNAL's λa term, read on sigmoid(s) so that it stays alive as δ grows."""
+
+    gated: GatedModel
+    weight: float
+    name: str = "sparsity"
+
+    def value(self) -> torch.Tensor:
+        return self.gated.sparsity()
+
+
+@dataclass
+class GateLossTerm:
+    """An extra term computed from the gated model, e.g. the predicted latency."""
+
+    name: str
+    weight: float
+    compute: Callable[[GatedModel], torch.Tensor]
+    gated: GatedModel | None = None
+    #: called after every step with the term's value, e.g. to adapt ``weight``
+    after_step: Callable[[GateLossTerm, float], None] | None = None
+
+    def value(self) -> torch.Tensor:
+        assert self.gated is not None, "the term is bound to the gated model by the engine"
+        return self.compute(self.gated)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    epochs: int
+    seconds: float = 0.0
+
+
+@dataclass
+class _Progress:
+    finished: list[str] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    dense_accuracy: float | None = None
+    arch_history: list[dict[str, float]] = field(default_factory=list)
+
+
+class DnalSearch:
+    def __init__(
+        self, config: SearchConfig, out: str | Path, observer: SearchObserver | None = None
+    ) -> None:
+        self.config = config
+        self.run_dir = RunDir(out)
+        self.observer = observer or SearchObserver()
+        self.extra_terms: list[GateLossTerm] = []
+        self.data: DataSpec | None = None
+        self.resumed = False
+
+    def add_loss_term(self, term: GateLossTerm) -> None:
+        """Add a term to the architecture stage's loss (before :meth:`run`)."""
+        self.extra_terms.append(term)
+
+    # -- the whole search ----------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        self.resumed = self.run_dir.open(config.to_json())
+        state = self.run_dir.state()
+        progress = _Progress(**{k: state[k] for k in _Progress.__dataclass_fields__ if k in state})
+        torch.manual_seed(config.seed)
+        self.data = load_data(
+            config.data, config.data_dir, config.input_size, config.train_subset,
+            config.test_subset, config.seed,
+        )
+        if self.resumed and progress.finished:
+            self.observer.message(f"resuming {self.run_dir.path}: finished {', '.join(progress.finished)}")
+
+        dense = self._stage_weights(progress)
+        dense_params, dense_macs = params_and_macs(dense, self._example())
+        gated = self._stage_architecture(progress, dense)
+        groups = gated.kept_per_group()
+        pruned = self._stage_prune(progress, gated)
+        pruned = self._stage_finetune(progress, pruned)
+
+        pruned_params, pruned_macs = params_and_macs(pruned, self._example())
+        pruned_accuracy = evaluate(pruned, self.data)
+        result = {
+            "hwdnal": __version__,
+            "model": config.model,
+            "data": config.data,
+            "input_shape": list(self._example().shape),
+            "dense": {
+                "accuracy": progress.dense_accuracy,
+                "params": dense_params,
+                "macs": dense_macs,
+            },
+            "pruned": {"accuracy": pruned_accuracy, "params": pruned_params, "macs": pruned_macs},
+            "budget_ms": None,
+            "target": None,
+            "groups": groups,
+            "stages": progress.stages,
+            "arch_history": progress.arch_history,
+            "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
+                          "config": "config.json"},
+        }
+        self.run_dir.write_result(result)
+        return result
+
+    def _example(self, batch: int = 1) -> torch.Tensor:
+        assert self.data is not None
+        return self.data.example_input(batch)
+
+    def _save_progress(self, progress: _Progress) -> None:
+        self.run_dir.save_state(asdict(progress))
+
+    def _finish_stage(self, progress: _Progress, name: str, epochs: int, seconds: float) -> None:
+        progress.finished.append(name)
+        progress.stages = [s for s in progress.stages if s["name"] != name]
+        progress.stages.append({"name": name, "epochs": epochs, "seconds": round(seconds, 2)})
+        self._save_progress(progress)
+        self.observer.stage_finished(name, seconds)
+
+    def _new_model(self) -> nn.Module:
+        assert self.data is not None
+        torch.manual_seed(self.config.seed)
+        model = create_model(self.config.model, self.data.num_classes, self.data.in_channels)
+        if self.config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    # -- stage 1: weights ----------------------------------------------------------------
+    def _stage_weights(self, progress: _Progress) -> nn.Module:
+        config = self.config
+        dense_path = self.run_dir.path / "dense.pt"
+        if "weights" in progress.finished:
+            return _load_module(dense_path)
+        started = time.perf_counter()
+        model = self._new_model()
+        if config.weights:
+            _load_weights(model, config.weights)
+            epochs = 0
+        else:
+            epochs = config.epochs_weights
+        if epochs > 0:
+            self._train_plain(model, "weights", epochs, config.lr, progress)
+        progress.dense_accuracy = evaluate(model, self.data)
+        save_torch(dense_path, model)
+        self.observer.message(f"dense accuracy {progress.dense_accuracy:.4f}")
+        self._finish_stage(progress, "weights", epochs, time.perf_counter() - started)
+        return model
+
+    def _train_plain(
+        self, model: nn.Module, stage: str, epochs: int, lr: float, progress: _Progress
+    ) -> None:
+        """SGD with momentum, cosine LR and weight decay; resumable per epoch."""
+        config = self.config
+        steps = steps_per_epoch(self.data, config.batch_size)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
+        first_epoch = 0
+        checkpoint = self.run_dir.load_checkpoint(stage)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            first_epoch = checkpoint["epoch"] + 1
+        self.observer.stage_started(stage, epochs, steps, first_epoch)
+        model.train()
+        for epoch in range(first_epoch, epochs):
+            stats = train_epoch(
+                model, self.data, optimizer, config.batch_size, seed=config.seed * 1000 + epoch,
+                scheduler=scheduler, on_step=lambda _s, v: self.observer.step(stage, v),
+                channels_last=config.channels_last,
+            )
+            self.run_dir.save_checkpoint(stage, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch,
+            })
+            self.observer.epoch_finished(stage, epoch, {"loss": stats.loss, "acc": stats.accuracy})
+
+    # -- stage 2: architecture -----------------------------------------------------------
+    def _gated(self, dense: nn.Module) -> GatedModel:
+        gated = GatedModel(dense, self._example(2))
+        for term in self.extra_terms:
+            term.gated = gated
+        return gated
+
+    def _stage_architecture(self, progress: _Progress, dense: nn.Module) -> GatedModel:
+        config = self.config
+        gated = self._gated(dense)
+        if "architecture" in progress.finished:
+            checkpoint = self.run_dir.load_checkpoint("architecture")
+            assert checkpoint is not None
+            gated.gate.load_state_dict(checkpoint["gate"])
+            gated.set_delta(checkpoint["delta"])
+            return gated
+        started = time.perf_counter()
+        for parameter in gated.model.parameters():
+            parameter.requires_grad_(False)
+        _batchnorm_follows_batches(gated.model)
+        gated.set_mode(GateMode.SOFT)
+        steps = steps_per_epoch(self.data, config.batch_size)
+        epochs = config.epochs_arch
+        schedule = DeltaSchedule(max(epochs * steps, 1))
+        optimizer = torch.optim.SGD(gated.gate.parameters(), lr=config.arch_lr, momentum=0.9)
+        terms: list[LossTerm] = [SparsityTerm(gated, config.lambda_a), *self.extra_terms]
+        first_epoch = 0
+        checkpoint = self.run_dir.load_checkpoint("architecture")
+        if checkpoint is not None:
+            gated.gate.load_state_dict(checkpoint["gate"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            for term, weight in zip(self.extra_terms, checkpoint.get("term_weights", []),
+                                    strict=False):
+                term.weight = weight
+            first_epoch = checkpoint["epoch"] + 1
+        self.observer.stage_started("architecture", epochs, steps, first_epoch)
+        gated.set_delta(schedule(first_epoch * steps))
+
+        for epoch in range(first_epoch, epochs):
+
+            def on_step(step: int, values: dict[str, float], epoch: int = epoch) -> None:
+                for term in self.extra_terms:
+                    if term.after_step is not None:
+                        term.after_step(term, values[term.name])
+                gated.set_delta(schedule(epoch * steps + step + 1))
+                kept = int(gated.gate.binary().sum())
+                self.observer.step("architecture", {**values, "delta": gated.gate.delta,
+                                                    "kept": kept})
+
+            stats = train_epoch(
+                gated, self.data, optimizer, config.batch_size, seed=config.seed * 1000 + 500 + epoch,
+                extra_terms=terms, on_step=on_step, augment=False,
+                channels_last=config.channels_last,
+            )
+            kept = int(gated.keep_mask().sum())
+            summary = {"epoch": epoch, "delta": gated.gate.delta, "loss": stats.loss,
+                       "acc": stats.accuracy, "kept": kept, **stats.terms}
+            progress.arch_history.append(summary)
+            self.run_dir.save_checkpoint("architecture", {
+                "gate": gated.gate.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "delta": gated.gate.delta,
+                "term_weights": [term.weight for term in self.extra_terms],
+            })
+            self._save_progress(progress)
+            self.observer.epoch_finished("architecture", epoch, summary)
+        gated.set_delta(schedule.end)
+        self._finish_stage(progress, "architecture", epochs, time.perf_counter() - started)
+        return gated
+
+    # -- stage 3: prune ------------------------------------------------------------------
+    def _stage_prune(self, progress: _Progress, gated: GatedModel) -> nn.Module:
+        if "prune" in progress.finished:
+            checkpoint = self.run_dir.load_checkpoint("pruned_init")
+            assert checkpoint is not None
+            return checkpoint["model"]
+        started = time.perf_counter()
+        self.observer.stage_started("prune", 1, 1, 0)
+        pruned = prune_physically(gated)
+        for parameter in pruned.parameters():
+            parameter.requires_grad_(True)
+        self.run_dir.save_checkpoint("pruned_init", {"model": pruned})
+        self._finish_stage(progress, "prune", 0, time.perf_counter() - started)
+        return pruned
+
+    # -- stage 4: finetune ---------------------------------------------------------------
+    def _stage_finetune(self, progress: _Progress, pruned: nn.Module) -> nn.Module:
+        config = self.config
+        if "finetune" in progress.finished:
+            return _load_module(self.run_dir.path / "pruned.pt")
+        started = time.perf_counter()
+        if config.epochs_finetune > 0:
+            self._train_plain(pruned, "finetune", config.epochs_finetune, config.finetune_lr,
+                              progress)
+        pruned.eval()
+        save_torch(self.run_dir.path / "pruned.pt", pruned)
+        self._finish_stage(progress, "finetune", config.epochs_finetune,
+                           time.perf_counter() - started)
+        return pruned
+
+
+def _batchnorm_follows_batches(model: nn.Module) -> None:
+    """Frozen BatchNorm affine parameters, but batch statistics (running ones updated).
+
+    With s = 0 every gate starts at sigmoid(0) = 0.5; BatchNorm on running statistics would
+    see every layer's input halved and the network collapse to chance, leaving the gates no
+    signal. Batch statistics normalise a layer-wide scale away, so the gates learn which
+    channels matter, and the running statistics end as those of the binarised network.
+    """
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train()
+
+
+def _load_module(path: Path) -> nn.Module:
+    try:
+        model = torch.load(path, weights_only=False)
+    except Exception as error:
+        raise UserError(f"{path} is corrupt ({type(error).__name__}): use a new --out") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{path} holds no network: use a new --out")
+    return model
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load ``--weights``: a saved module, a state dict, or a dict with a 'model' entry."""
+    try:
+        loaded = torch.load(path, weights_only=False, map_location="cpu")
+    except FileNotFoundError:
+        raise UserError(f"--weights {path} does not exist") from None
+    except Exception as error:
+        raise UserError(f"--weights {path} is not a torch checkpoint ({error})") from None
+    if isinstance(loaded, nn.Module):
+        loaded = loaded.state_dict()
+    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
+        loaded = loaded["model"]
+    if isinstance(loaded, dict) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    try:
+        model.load_state_dict(loaded)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(
+            f"--weights {path} does not fit this model ({first}); pass weights trained for "
+            "the same --model, dataset and input size"
+        ) from None
+
+
+__all__ = ["STAGES", "DnalSearch", "GateLossTerm", "SearchConfig", "SearchObserver"]
