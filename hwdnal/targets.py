@@ -40,6 +40,7 @@ class ProfileSettings:
     preferred_channel_step: int = 8
     layer_warmup: int = 3
     layer_iterations: int = 15
+    layer_min_seconds: float = 0.1
     calibrate: int = 12
     validate: int = 0
 
@@ -54,6 +55,7 @@ class Target:
     threads: int = 1
     warmup: int = 10
     iterations: int = 60
+    min_seconds: float = 1.0
     description: str = ""
     architectures: tuple[str, ...] = ()
     profile: ProfileSettings = field(default_factory=ProfileSettings)
@@ -169,12 +171,16 @@ def parse_target(text: str, source: str = "<string>") -> Target:
             f"target file {source}: unknown [profile] keys {', '.join(sorted(unknown))}"
         )
     try:
-        profile = ProfileSettings(**{k: int(v) for k, v in profile_data.items()})
+        profile = ProfileSettings(
+            **{k: float(v) if k.endswith("seconds") else int(v) for k, v in profile_data.items()}
+        )
         fields = {k: v for k, v in data.items() if k != "profile"}
         fields["architectures"] = tuple(str(a).lower() for a in fields.get("architectures", ()))
         for key in ("batch", "threads", "warmup", "iterations"):
             if key in fields:
                 fields[key] = int(fields[key])
+        if "min_seconds" in fields:
+            fields["min_seconds"] = float(fields["min_seconds"])
         target = Target(**fields, profile=profile, source=source)
     except (TypeError, ValueError) as error:
         raise UserError(f"target file {source} has a bad value: {error}") from error

@@ -18,11 +18,15 @@ import torch
 from torch import nn
 
 from hwdnal.gated import GatedModel
+from hwdnal.latency.alignment import aligned_count
 from hwdnal.prune import prune_physically
 
 
-def random_keep_mask(gated: GatedModel, generator: torch.Generator) -> torch.Tensor:
-    """A random architecture: one overall width ρ ~ U(0.25, 1), each group near ρ.
+def random_keep_mask(
+    gated: GatedModel, generator: torch.Generator, multiple: int = 1
+) -> torch.Tensor:
+    """A random architecture: one overall width ρ ~ U(0.25, 1), each group near ρ, each kept
+    count a multiple of ``multiple`` (see :mod:`hwdnal.latency.alignment`).
 
     Independent widths per group would make every sample's total latency alike (a sum of
     many independent terms); a shared ρ spreads the samples from small to dense, which is
@@ -32,21 +36,21 @@ def random_keep_mask(gated: GatedModel, generator: torch.Generator) -> torch.Ten
     rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
     for group in gated.plan.groups:
         ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
-        kept = min(group.size, max(1, round(ratio * group.size)))
+        kept = aligned_count(round(ratio * group.size), group.size, multiple)
         chosen = torch.randperm(group.size, generator=generator)[:kept]
         keep[group.start + chosen] = True
     return keep
 
 
 def random_subnetworks(
-    model: nn.Module, example_input: torch.Tensor, count: int, seed: int
+    model: nn.Module, example_input: torch.Tensor, count: int, seed: int, multiple: int = 1
 ) -> list[nn.Module]:
     """``count`` random physically pruned copies of ``model`` (eval mode)."""
     generator = torch.Generator().manual_seed(seed)
     networks = []
     for _ in range(count):
         gated = GatedModel(copy.deepcopy(model), example_input)
-        gated.set_keep_mask(random_keep_mask(gated, generator))
+        gated.set_keep_mask(random_keep_mask(gated, generator, multiple))
         networks.append(prune_physically(gated).eval())
     return networks
 

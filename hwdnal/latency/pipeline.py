@@ -89,7 +89,7 @@ def profile_model(
     entries = plan_grid(layers, step, grid_points)
     grid_measured = measure_grid(
         entries, runtime, target.batch, cache, settings.layer_warmup, settings.layer_iterations,
-        progress,
+        progress, settings.layer_min_seconds,
     )
     lut_entries, lut_layers = build_entries(entries, layers, cache)
     lut = Lut(
@@ -102,21 +102,25 @@ def profile_model(
                  "layer_measurements": sum(len(e.points()) for e in entries.values()),
                  "layer_warmup": settings.layer_warmup,
                  "layer_iterations": settings.layer_iterations,
+                 "layer_min_seconds": settings.layer_min_seconds,
                  "network_warmup": target.warmup, "network_iterations": target.iterations,
-                 "seed": seed},
+                 "network_min_seconds": target.min_seconds,
+                 "seed": seed, "channel_multiple": settings.preferred_channel_step},
     )
     predictor = LatencyModel(lut)
 
     # Whole networks: the dense model, K calibration and N validation sub-networks.
     model_id = _architecture_id(model, input_shape)
     named: list[tuple[str, nn.Module]] = [(f"net | {model_id} | dense", model)]
-    calibration_nets = random_subnetworks(model, example[:1], calibrate, seed)
-    validation_nets = random_subnetworks(model, example[:1], validate, seed + 7919)
-    named += [
-        (f"net | {model_id} | seed{seed} | cal{i}", n) for i, n in enumerate(calibration_nets)
-    ]
-    named += [(f"net | {model_id} | seed{seed} | val{i}", n) for i, n in enumerate(validation_nets)]
-    networks_now = _measure_networks(named, runtime, input_shape, target, cache, progress)
+    multiple = settings.preferred_channel_step
+    calibration_nets = random_subnetworks(model, example[:1], calibrate, seed, multiple)
+    validation_nets = random_subnetworks(model, example[:1], validate, seed + 7919, multiple)
+    prefix = f"net | {model_id} | seed{seed} | m{multiple}"
+    named += [(f"{prefix} | cal{i}", n) for i, n in enumerate(calibration_nets)]
+    named += [(f"{prefix} | val{i}", n) for i, n in enumerate(validation_nets)]
+    networks_now = _measure_networks(
+        named, runtime, input_shape, target, cache, progress, seed
+    )
     measured = {key: cache.get(key) for key, _ in named}
     raw = {key: predictor.raw_module(net) for key, net in named}
 
@@ -154,22 +158,52 @@ def profile_model(
 
 def _measure_networks(
     named: list[tuple[str, nn.Module]], runtime, input_shape: tuple[int, ...], target,
-    cache: MeasurementCache, progress: Progress | None,
+    cache: MeasurementCache, progress: Progress | None, seed: int = 0,
 ) -> int:
-    todo = [(key, net) for key, net in named if key not in cache]
+    """Measure the networks not in the cache, with the first one (the dense model) in every
+    batch as a reference; returns how many were measured now.
+
+    Each batch's medians are rescaled by (reference's first median / its median in this
+    batch), so drift of a shared machine between batches cancels: what is kept is each
+    network's ratio to the reference timed side by side. The order is shuffled so that
+    calibration and validation samples share batches. Every batch is flushed to the cache,
+    so an interrupted profile resumes here too.
+    """
+    reference_key, reference = named[0]
+    todo = [(key, net) for key, net in named[1:] if key not in cache]
+    order = torch.randperm(len(todo), generator=torch.Generator().manual_seed(seed)).tolist()
+    todo = [todo[i] for i in order]
+    measured_now = 0
+    if reference_key not in cache or todo:
+        reference_compiled = runtime.compile(reference, input_shape)
+    if reference_key not in cache and not todo:
+        cache.put(reference_key, measure_interleaved(
+            [reference_compiled], warmup=target.warmup, iterations=target.iterations,
+            min_seconds=target.min_seconds)[0])
+        measured_now += 1
+    total = len(todo)
     if progress:
-        progress(0, len(todo), "whole networks")
-    for start in range(0, len(todo), NETWORK_BATCH):
-        chunk = todo[start : start + NETWORK_BATCH]
-        compiled = [runtime.compile(net, input_shape) for _, net in chunk]
-        results = measure_interleaved(compiled, warmup=target.warmup, iterations=target.iterations)
-        for (key, _), result in zip(chunk, results, strict=True):
-            cache.put(key, result)
+        progress(0, total, "whole networks")
+    for start in range(0, total, NETWORK_BATCH - 1):
+        chunk = todo[start : start + NETWORK_BATCH - 1]
+        compiled = [reference_compiled] + [runtime.compile(net, input_shape) for _, net in chunk]
+        results = measure_interleaved(
+            compiled, warmup=target.warmup, iterations=target.iterations,
+            min_seconds=target.min_seconds,
+        )
+        if reference_key not in cache:
+            cache.put(reference_key, results[0])
+            measured_now += 1
+        factor = cache.get(reference_key).median_ms / results[0].median_ms
+        for (key, _), result in zip(chunk, results[1:], strict=True):
+            cache.put(key, Measurement(result.median_ms * factor, result.p90_ms * factor,
+                                       result.samples))
         cache.flush()
+        measured_now += len(chunk)
         del compiled
         if progress:
-            progress(min(start + NETWORK_BATCH, len(todo)), len(todo), "whole networks")
-    return len(todo)
+            progress(min(start + NETWORK_BATCH - 1, total), total, "whole networks")
+    return measured_now
 
 
 def _point(raw: float, predicted: float, measured: Measurement) -> dict[str, float]:

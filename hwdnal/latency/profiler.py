@@ -102,6 +102,7 @@ def measure_grid(
     warmup: int,
     iterations: int,
     progress: Progress | None = None,
+    min_seconds: float = 0.0,
 ) -> int:
     """Measure every grid point not yet in ``cache``; returns how many were measured now."""
     todo: list[tuple[LayerGeometry, int, int]] = []
@@ -121,7 +122,9 @@ def measure_grid(
             runtime.compile(geometry.build(cin, cout), geometry.input_shape(batch, cin))
             for geometry, cin, cout in chunk
         ]
-        results = measure_interleaved(compiled, warmup=warmup, iterations=iterations, burst=3)
+        results = measure_interleaved(
+            compiled, warmup=warmup, iterations=iterations, burst=5, min_seconds=min_seconds
+        )
         for (geometry, cin, cout), result in zip(chunk, results, strict=True):
             cache.put(point_key(geometry, cin, cout), result)
         del compiled

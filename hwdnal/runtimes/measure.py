@@ -36,25 +36,46 @@ def summarize(times_ms: Sequence[float]) -> Measurement:
     return Measurement(median_ms=float(median), p90_ms=float(p90), samples=n)
 
 
-def measure(compiled: Compiled, warmup: int = 10, iterations: int = 50) -> Measurement:
+def measure(
+    compiled: Compiled, warmup: int = 10, iterations: int = 50, min_seconds: float = 0.0
+) -> Measurement:
     """Latency of one compiled network."""
-    return measure_interleaved([compiled], warmup=warmup, iterations=iterations)[0]
+    return measure_interleaved(
+        [compiled], warmup=warmup, iterations=iterations, min_seconds=min_seconds
+    )[0]
 
 
 def measure_interleaved(
-    compiled: Sequence[Compiled], warmup: int = 10, iterations: int = 50, burst: int = 5
+    compiled: Sequence[Compiled],
+    warmup: int = 10,
+    iterations: int = 50,
+    burst: int = 5,
+    min_seconds: float = 0.0,
+    max_iterations: int = 5000,
 ) -> list[Measurement]:
-    """Latency of several networks, timed round-robin in bursts of ``burst`` runs."""
+    """Latency of several networks, timed round-robin in bursts of ``burst`` runs.
+
+    Each network runs at least ``iterations`` times and, when ``min_seconds`` is given, at
+    least that long in total (up to ``max_iterations``): a 30 µs layer needs thousands of
+    runs before its median stops moving, a 40 ms network needs fifty.
+    """
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
+    wanted = []
     for item in compiled:
-        if warmup > 0:
-            item.timings(warmup)
+        runs = max(warmup, 1 if min_seconds > 0 else 0)
+        first = item.timings(runs) if runs else []
+        typical = sorted(first)[len(first) // 2] if first else 0.0
+        need = iterations
+        if min_seconds > 0 and typical > 0:
+            need = max(need, math.ceil(min_seconds * 1e3 / typical))
+        wanted.append(min(max(need, iterations), max(max_iterations, iterations)))
     times: list[list[float]] = [[] for _ in compiled]
-    remaining = iterations
-    while remaining > 0:
-        chunk = min(burst, remaining)
-        for index, item in enumerate(compiled):
-            times[index].extend(item.timings(chunk))
-        remaining -= chunk
+    while True:
+        pending = [i for i, n in enumerate(wanted) if len(times[i]) < n]
+        if not pending:
+            break
+        for index in pending:
+            chunk = min(burst, wanted[index] - len(times[index]))
+            times[index].extend(compiled[index].timings(chunk))
     return [summarize(t) for t in times]

@@ -1,0 +1,69 @@
+"""Physical pruning removes exactly what the hard gates switched off, for any model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import calibrate_batchnorm
+from toy_models import ConcatGroupedNet
+
+from hwdnal.complexity import predicted_params
+from hwdnal.gated import GatedModel
+from hwdnal.gates import GateMode
+from hwdnal.models import create_model
+from hwdnal.prune import prune_physically
+
+CASES = [
+    ("resnet20", 32),
+    ("resnet56", 32),
+    ("vgg16_bn_cifar", 32),
+    ("mobilenet_v2_cifar", 32),
+    ("resnet18", 64),
+    ("resnet50", 64),
+    ("mobilenet_v2", 64),
+    ("vgg16_bn", 64),
+    ("concat+grouped (test-only model)", 16),
+]
+
+
+def _build(name: str) -> torch.nn.Module:
+    if name.startswith("concat"):
+        return ConcatGroupedNet(num_classes=10, in_channels=3)
+    return create_model(name, num_classes=10, in_channels=3)
+
+
+@pytest.mark.parametrize(("name", "size"), CASES, ids=[c[0].split()[0] for c in CASES])
+def test_pruned_network_computes_what_the_hard_gated_network_computes(name: str, size: int):
+    torch.manual_seed(0)
+    model = _build(name)
+    calibrate_batchnorm(model, (4, 3, size, size))
+    x = torch.randn(2, 3, size, size)
+    dense_params = sum(p.numel() for p in model.parameters())
+
+    gated = GatedModel(model, x)
+    keep = torch.rand(gated.plan.num_gates) < 0.6
+    gated.set_keep_mask(keep)
+    gated.set_mode(GateMode.HARD)
+    with torch.no_grad():
+        gated_out = gated(x)
+    expected_params = predicted_params(gated)
+
+    pruned = prune_physically(gated)
+    with torch.no_grad():
+        pruned_out = pruned(x)
+
+    assert gated_out.abs().max() > 1e-3, "outputs must carry signal for the comparison to mean much"
+    assert (gated_out - pruned_out).abs().max().item() <= 1e-4
+    actual_params = sum(p.numel() for p in pruned.parameters())
+    assert actual_params == expected_params
+    assert actual_params < dense_params
+
+
+def test_every_group_keeps_at_least_one_channel():
+    model = create_model("resnet20", 10, 3)
+    calibrate_batchnorm(model, (4, 3, 32, 32))
+    gated = GatedModel(model, torch.randn(1, 3, 32, 32))
+    gated.set_keep_mask(torch.zeros(gated.plan.num_gates, dtype=torch.bool))
+    assert all(group["kept"] == 1 for group in gated.kept_per_group())
+    pruned = prune_physically(gated)
+    assert pruned(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -1,0 +1,88 @@
+"""The four stages on real Fashion-MNIST, through the command line, and resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
+
+SMALL = ["--train-subset", "1536", "--test-subset", "1000", "--batch-size", "64",
+         "--epochs-weights", "2", "--epochs-arch", "1", "--epochs-finetune", "1"]
+
+
+def hwdnal(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "hwdnal.cli.app", *args],
+                          capture_output=True, text=True, timeout=900)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_search_runs_all_four_stages_and_removes_channels(tmp_path: Path):
+    run = tmp_path / "run"
+    hwdnal("search", "--out", str(run), *SMALL)
+
+    result = json.loads((run / "result.json").read_text())
+    assert [stage["name"] for stage in result["stages"]] == [
+        "weights", "architecture", "prune", "finetune"]
+    for part in ("dense", "pruned"):
+        assert 0.0 <= result[part]["accuracy"] <= 1.0
+        assert result[part]["params"] > 0 and result[part]["macs"] > 0
+    assert result["dense"]["accuracy"] > 0.5, "two epochs on real data must learn something"
+    assert result["pruned"]["params"] < result["dense"]["params"]
+    assert result["pruned"]["macs"] < result["dense"]["macs"]
+    kept = sum(g["kept"] for g in result["groups"])
+    total = sum(g["total"] for g in result["groups"])
+    assert 0 < kept < total
+    assert all(g["kept"] >= 1 for g in result["groups"])
+    for name in ("config.json", "dense.pt", "pruned.pt", "state.json"):
+        assert (run / name).exists()
+    for artifact in result["artifacts"].values():
+        assert (run / artifact).exists()
+
+    pruned = torch.load(run / "pruned.pt", weights_only=False)
+    assert sum(p.numel() for p in pruned.parameters()) == result["pruned"]["params"]
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_run_killed_after_the_weight_stage_resumes_there(tmp_path: Path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run), *SMALL]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    state = run / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and "weights" in json.loads(state.read_text())["finished"]:
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = json.loads(state.read_text())["finished"]
+    assert "weights" in finished and "finetune" not in finished
+    dense_before = (run / "dense.pt").read_bytes()
+
+    resumed = hwdnal("search", "--out", str(run), *SMALL)
+    assert "resuming" in resumed.stderr
+    assert (run / "dense.pt").read_bytes() == dense_before, "the weight stage must not rerun"
+    result = json.loads((run / "result.json").read_text())
+    assert [s["name"] for s in result["stages"]] == ["weights", "architecture", "prune",
+                                                     "finetune"]
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"format": 1, "model": "resnet56"}))
+    done = hwdnal("search", "--out", str(run), *SMALL, check=False)
+    assert done.returncode == 2
+    assert "other settings" in done.stderr and "Traceback" not in done.stderr
