@@ -1,0 +1,41 @@
+# One-command set-up: `make demo` runs the main job, `make test` the tests.
+# Both create the virtual environment and fetch Fashion-MNIST when needed.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARCH   := $(shell uname -m)
+# torch builds that install offline on this kind of machine; aarch64 has a CPU build of 2.9.1
+TORCH  := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+
+.PHONY: install data demo test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+data: install
+	@PYTHON=$(PY) sh scripts/get-fashion-mnist.sh
+
+# The main job: ResNet-20 on real Fashion-MNIST, local CPU, about 6 minutes on 2 cores.
+demo: data
+	$(VENV)/bin/hwdnal search --model resnet20 --data fashion-mnist --out runs/demo \
+		--train-subset 20000 --epochs-weights 4 --epochs-arch 1 --epochs-finetune 3
+
+test: data
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
+	exit $$rc
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check hwdnal cli tests bench
+
+clean:
+	rm -rf runs build *.egg-info
