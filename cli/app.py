@@ -10,8 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
-
-from hwdnal.cli import search_cmd
+from hwdnal.cli import lut_cmd, profile_cmd, search_cmd, targets_cmd
 
 app = typer.Typer(
     name="hwdnal",
@@ -31,6 +30,9 @@ def _root(
 
 
 search_cmd.register(app)
+targets_cmd.register(app)
+profile_cmd.register(app)
+lut_cmd.register(app)
 
 
 def main() -> None:

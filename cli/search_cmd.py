@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
 def search(
     out: Path = typer.Option(..., "--out", help="Run directory (created; re-run to resume)."),
     model: str = typer.Option("resnet20", help="Model name, torchvision name or pkg.mod:factory."),
-    data: str = typer.Option("fashion-mnist", help="fashion-mnist, mnist, cifar10, imagefolder, synthetic."),
+    data: str = typer.Option(
+        "fashion-mnist", help="fashion-mnist, mnist, cifar10, imagefolder or synthetic."
+    ),
     data_dir: str | None = typer.Option(None, help="Folder holding the dataset files."),
     input_size: int | None = typer.Option(None, help="Resize inputs to N×N."),
     epochs_weights: int = typer.Option(4, help="Epochs of the weight stage (gates off)."),
@@ -29,22 +31,26 @@ def search(
     finetune_lr: float = typer.Option(0.02, help="Learning rate of finetuning."),
     arch_lr: float = typer.Option(0.2, help="Learning rate of the gate parameters."),
     seed: int = typer.Option(0, help="Seed of initialisation, subsets and batch order."),
-    weights: str | None = typer.Option(None, help="Start from trained weights; skips the weight stage."),
+    weights: str | None = typer.Option(
+        None, help="Start from trained weights; skips the weight stage."
+    ),
+    device: str = typer.Option("cpu", help="Where to train: cpu, cuda or cuda:N."),
 ) -> None:
     """Learn which channels to keep with DNAL, prune them physically and finetune."""
-    from hwdnal.search import DnalSearch, SearchConfig
-
     from hwdnal.cli.progress import RichSearchObserver, print_summary
+
+    from hwdnal.search import DnalSearch, SearchConfig
 
     config = SearchConfig(
         model=model, data=data, data_dir=data_dir, input_size=input_size,
         train_subset=train_subset, test_subset=test_subset, epochs_weights=epochs_weights,
         epochs_arch=epochs_arch, epochs_finetune=epochs_finetune, batch_size=batch_size,
         lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr, lambda_a=lambda_a, seed=seed,
-        weights=weights,
+        weights=weights, device=device,
     )
     _check_positive(epochs_weights=epochs_weights, epochs_arch=epochs_arch,
                     epochs_finetune=epochs_finetune, batch_size=batch_size)
+    _check_device(device)
     with RichSearchObserver() as observer:
         result: dict[str, Any] = DnalSearch(config, out, observer).run()
     print_summary(result, out)
@@ -58,3 +64,17 @@ def _check_positive(**values: int) -> None:
         if value < minimum:
             flag = "--" + name.replace("_", "-")
             raise UserError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    from hwdnal.errors import UserError
+
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UserError(f"--device {device} is not supported: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but torch sees no CUDA GPU here: "
+                        "use --device cpu")

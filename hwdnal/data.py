@@ -110,14 +110,12 @@ def _find_idx_dir(name: str, data_dir: str | Path | None) -> Path:
         candidates.append(DEBIAN_FASHION_MNIST)
     if not data_dir:
         candidates.append(Path("data") / name)
+    torchvision_folder = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
     for folder in candidates:
-        if (folder / (_IDX_FILES["train"][0] + ".gz")).exists() or (
-            folder / _IDX_FILES["train"][0]
-        ).exists():
-            return folder
-        raw = folder / ("FashionMNIST" if name == "fashion-mnist" else "MNIST") / "raw"
-        if (raw / (_IDX_FILES["train"][0] + ".gz")).exists() or (raw / _IDX_FILES["train"][0]).exists():
-            return raw
+        for place in (folder, folder / torchvision_folder / "raw"):
+            first = place / _IDX_FILES["train"][0]
+            if first.exists() or first.with_name(first.name + ".gz").exists():
+                return place
     where = ", ".join(str(c) for c in candidates)
     hint = (
         "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or "
@@ -161,9 +159,8 @@ def _load_idx(name: str, data_dir: str | Path | None) -> tuple[Split, Split, int
                 f"{folder}: {images_name} and {labels_name} do not match "
                 f"({images.shape} images, {labels.shape} labels): download them again"
             )
-        splits.append(
-            Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
-        )
+        images_tensor = torch.from_numpy(images.copy()).unsqueeze(1)
+        splits.append(Split(images_tensor, torch.from_numpy(labels.astype(np.int64))))
     return splits[0], splits[1], 10
 
 
@@ -262,13 +259,16 @@ def batches(
     mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(source), generator=generator) if shuffle else torch.arange(len(source))
+    count = len(source)
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
     stop = len(order) - (len(order) % batch_size if shuffle and len(order) > batch_size else 0)
     for start in range(0, stop, batch_size):
         index = order[start : start + batch_size]
         images = (source.images[index].float() - mean) / std
         if images.shape[-1] != data.input_size:
-            images = F.interpolate(images, size=data.input_size, mode="bilinear", align_corners=False)
+            images = F.interpolate(
+                images, size=data.input_size, mode="bilinear", align_corners=False
+            )
         if augment:
             images = _augment(images, generator)
         yield images, source.labels[index]

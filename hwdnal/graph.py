@@ -259,7 +259,8 @@ def build_channel_plan(model: nn.Module, example_input: torch.Tensor) -> Channel
         if bool((channels.out_gate_index < num_gates).any()) and _gate_after(module, graph):
             sites[name] = channels
     return ChannelPlan(
-        groups=gate_groups, layers=layers, norms=norms, gate_sites=sites, num_gates=num_gates, graph=graph
+        groups=gate_groups, layers=layers, norms=norms, gate_sites=sites, num_gates=num_gates,
+        graph=graph,
     )
 
 

@@ -58,6 +58,7 @@ class SearchConfig:
     seed: int = 0
     weights: str | None = None
     channels_last: bool = True
+    device: str = "cpu"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +148,8 @@ class DnalSearch:
             config.test_subset, config.seed,
         )
         if self.resumed and progress.finished:
-            self.observer.message(f"resuming {self.run_dir.path}: finished {', '.join(progress.finished)}")
+            done = ", ".join(progress.finished)
+            self.observer.message(f"resuming {self.run_dir.path}: finished {done}")
 
         dense = self._stage_weights(progress)
         dense_params, dense_macs = params_and_macs(dense, self._example())
@@ -182,7 +184,7 @@ class DnalSearch:
 
     def _example(self, batch: int = 1) -> torch.Tensor:
         assert self.data is not None
-        return self.data.example_input(batch)
+        return self.data.example_input(batch).to(self.config.device)
 
     def _save_progress(self, progress: _Progress) -> None:
         self.run_dir.save_state(asdict(progress))
@@ -200,14 +202,14 @@ class DnalSearch:
         model = create_model(self.config.model, self.data.num_classes, self.data.in_channels)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return model
+        return model.to(self.config.device)
 
     # -- stage 1: weights ----------------------------------------------------------------
     def _stage_weights(self, progress: _Progress) -> nn.Module:
         config = self.config
         dense_path = self.run_dir.path / "dense.pt"
         if "weights" in progress.finished:
-            return _load_module(dense_path)
+            return _load_module(dense_path, self.config.device)
         started = time.perf_counter()
         model = self._new_model()
         if config.weights:
@@ -218,7 +220,7 @@ class DnalSearch:
         if epochs > 0:
             self._train_plain(model, "weights", epochs, config.lr, progress)
         progress.dense_accuracy = evaluate(model, self.data)
-        save_torch(dense_path, model)
+        _save_on_cpu(dense_path, model)
         self.observer.message(f"dense accuracy {progress.dense_accuracy:.4f}")
         self._finish_stage(progress, "weights", epochs, time.perf_counter() - started)
         return model
@@ -257,7 +259,7 @@ class DnalSearch:
 
     # -- stage 2: architecture -----------------------------------------------------------
     def _gated(self, dense: nn.Module) -> GatedModel:
-        gated = GatedModel(dense, self._example(2))
+        gated = GatedModel(dense, self._example(2)).to(self.config.device)
         for term in self.extra_terms:
             term.gated = gated
         return gated
@@ -305,7 +307,8 @@ class DnalSearch:
                                                     "kept": kept})
 
             stats = train_epoch(
-                gated, self.data, optimizer, config.batch_size, seed=config.seed * 1000 + 500 + epoch,
+                gated, self.data, optimizer, config.batch_size,
+                seed=config.seed * 1000 + 500 + epoch,
                 extra_terms=terms, on_step=on_step, augment=False,
                 channels_last=config.channels_last,
             )
@@ -329,7 +332,7 @@ class DnalSearch:
         if "prune" in progress.finished:
             checkpoint = self.run_dir.load_checkpoint("pruned_init")
             assert checkpoint is not None
-            return checkpoint["model"]
+            return checkpoint["model"].to(self.config.device)
         started = time.perf_counter()
         self.observer.stage_started("prune", 1, 1, 0)
         pruned = prune_physically(gated)
@@ -343,16 +346,23 @@ class DnalSearch:
     def _stage_finetune(self, progress: _Progress, pruned: nn.Module) -> nn.Module:
         config = self.config
         if "finetune" in progress.finished:
-            return _load_module(self.run_dir.path / "pruned.pt")
+            return _load_module(self.run_dir.path / "pruned.pt", self.config.device)
         started = time.perf_counter()
         if config.epochs_finetune > 0:
             self._train_plain(pruned, "finetune", config.epochs_finetune, config.finetune_lr,
                               progress)
         pruned.eval()
-        save_torch(self.run_dir.path / "pruned.pt", pruned)
+        _save_on_cpu(self.run_dir.path / "pruned.pt", pruned)
         self._finish_stage(progress, "finetune", config.epochs_finetune,
                            time.perf_counter() - started)
         return pruned
+
+
+def _save_on_cpu(path: Path, model: nn.Module) -> None:
+    """Networks are delivered on the CPU, loadable anywhere with torch.load."""
+    device = next(model.parameters()).device
+    save_torch(path, model.cpu())
+    model.to(device)
 
 
 def _batchnorm_follows_batches(model: nn.Module) -> None:
@@ -369,9 +379,9 @@ def _batchnorm_follows_batches(model: nn.Module) -> None:
             module.train()
 
 
-def _load_module(path: Path) -> nn.Module:
+def _load_module(path: Path, device: str = "cpu") -> nn.Module:
     try:
-        model = torch.load(path, weights_only=False)
+        model = torch.load(path, weights_only=False, map_location=device)
     except Exception as error:
         raise UserError(f"{path} is corrupt ({type(error).__name__}): use a new --out") from None
     if not isinstance(model, nn.Module):

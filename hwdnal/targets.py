@@ -117,8 +117,16 @@ class Target:
         return data
 
 
+def _builtin_folder() -> Any:
+    """Installed package data, or the checkout's targets/ when run from source (PYTHONPATH)."""
+    try:
+        return resources.files("hwdnal.builtin_targets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "targets"
+
+
 def builtin_names() -> list[str]:
-    folder = resources.files("hwdnal.builtin_targets")
+    folder = _builtin_folder()
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
@@ -126,7 +134,7 @@ def load_target(name_or_path: str | Path) -> Target:
     """A built-in target by name, or a target file by path."""
     text_name = str(name_or_path)
     if text_name in builtin_names():
-        resource = resources.files("hwdnal.builtin_targets") / f"{text_name}.toml"
+        resource = _builtin_folder() / f"{text_name}.toml"
         return parse_target(resource.read_text(encoding="utf-8"), source=f"built-in {text_name}")
     path = Path(text_name)
     if path.suffix == ".toml" or path.exists():

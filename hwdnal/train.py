@@ -20,7 +20,6 @@ from hwdnal.data import DataSpec, batches
 from hwdnal.errors import UserError
 
 
-
 class LossTerm(Protocol):
     """A term added to the cross-entropy; its weight is read at every step (it may adapt)."""
 
@@ -57,10 +56,12 @@ def train_epoch(
     """One pass over the training split; returns the mean loss, accuracy and term values."""
     total_loss = correct = seen = 0.0
     term_sums = {term.name: 0.0 for term in extra_terms}
+    device = _device_of(model)
     step = 0
     for step, (images, labels) in enumerate(
         batches(data, "train", batch_size, shuffle=True, seed=seed, augment=augment)
     ):
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = model(images)
@@ -102,8 +103,15 @@ def evaluate(model: nn.Module, data: DataSpec, batch_size: int = 512) -> float:
     was_training = model.training
     model.eval()
     correct = seen = 0
+    device = _device_of(model)
     for images, labels in batches(data, "test", batch_size, shuffle=False):
+        images, labels = images.to(device), labels.to(device)
         correct += int((model(images).argmax(1) == labels).sum())
         seen += labels.numel()
     model.train(was_training)
     return correct / max(seen, 1)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

@@ -26,7 +26,8 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 def idx_folder(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     for prefix, count in (("train", 50), ("t10k", 20)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (count, 28, 28)))
+        images = rng.integers(0, 255, (count, 28, 28))
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (count,)))
     return tmp_path
 

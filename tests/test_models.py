@@ -39,5 +39,5 @@ def test_bad_model_names_are_clear_errors(spec: str, message: str):
 def test_factory_returning_no_module_is_refused(tmp_path, monkeypatch):
     (tmp_path / "bad_factory.py").write_text("def make(**kw):\n    return 42\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(UserError, match="not a torch.nn.Module"):
+    with pytest.raises(UserError, match=r"not a torch\.nn\.Module"):
         create_model("bad_factory:make")

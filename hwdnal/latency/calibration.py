@@ -2,8 +2,9 @@
 
 Per-layer sums miss what happens between layers (fusion, layout reorders, memory traffic,
 per-run overheads), so we measure whole sub-networks on the target and fit
-``measured ≈ scale · Σ layers + offset`` by least squares on relative error. Validation uses
-fresh sub-networks from another seed and reports |predicted − measured| / measured.
+``measured ≈ scale · Σ layers + memory · Σ output elements + offset`` by least squares on
+relative error. Validation uses fresh sub-networks from another seed and reports
+|predicted − measured| / measured.
 """
 
 from __future__ import annotations
@@ -58,23 +59,43 @@ def random_subnetworks(
 @dataclass(frozen=True)
 class Fit:
     scale: float
+    memory_ms_per_melem: float
     offset_ms: float
 
+    def predict(self, raw_ms: float, activations: float) -> float:
+        return self.scale * raw_ms + self.memory_ms_per_melem * activations + self.offset_ms
 
-def fit_correction(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> Fit:
-    """Scale and offset minimising Σ ((scale·raw + offset − measured) / measured)²."""
+
+#: fewer samples than this fit scale and offset only
+MIN_SAMPLES_FOR_MEMORY = 6
+
+
+def fit_correction(
+    raw_ms: Sequence[float], activations: Sequence[float], measured_ms: Sequence[float]
+) -> Fit:
+    """Coefficients minimising Σ ((scale·raw + memory·act + offset − measured) / measured)².
+
+    Scale must come out positive and memory non-negative (more channels never predict less
+    latency); otherwise the memory term is dropped, then the offset.
+    """
     raw = np.asarray(raw_ms, dtype=np.float64)
+    act = np.asarray(activations, dtype=np.float64)
     measured = np.asarray(measured_ms, dtype=np.float64)
     if raw.size == 0:
-        return Fit(1.0, 0.0)
+        return Fit(1.0, 0.0, 0.0)
     if raw.size == 1 or np.ptp(raw) < 1e-9 * max(raw.max(), 1e-12):
-        return Fit(1.0, float(np.mean(measured - raw)))
+        return Fit(1.0, 0.0, float(np.mean(measured - raw)))
     weights = 1.0 / measured
+    if raw.size >= MIN_SAMPLES_FOR_MEMORY:
+        design = np.stack([raw * weights, act * weights, weights], axis=1)
+        (scale, memory, offset), *_ = np.linalg.lstsq(design, np.ones_like(raw), rcond=None)
+        if math.isfinite(scale) and scale > 0 and math.isfinite(memory) and memory >= 0:
+            return Fit(float(scale), float(memory), float(offset))
     design = np.stack([raw * weights, weights], axis=1)
     (scale, offset), *_ = np.linalg.lstsq(design, np.ones_like(raw), rcond=None)
     if not (math.isfinite(scale) and scale > 0):  # degenerate samples: a pure ratio
-        return Fit(float(np.median(measured / raw)), 0.0)
-    return Fit(float(scale), float(offset))
+        return Fit(float(np.median(measured / raw)), 0.0, 0.0)
+    return Fit(float(scale), 0.0, float(offset))
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:

@@ -61,13 +61,20 @@ class LutLayer:
     entry: str
     in_channels: int
     out_channels: int
+    out_elements_per_channel: int
 
 
 @dataclass
 class Calibration:
-    """predicted = scale · Σ layers + offset_ms (offset: what no gate changes, and overheads)."""
+    """predicted = scale · Σ layers + memory · Σ output elements (millions) + offset_ms.
+
+    The memory term stands for what a layer-by-layer table cannot see: element-wise work
+    between layers (residual adds, activations not fused, layout reorders) grows with the
+    activations' size. The offset is what no gate changes, and per-run overheads.
+    """
 
     scale: float = 1.0
+    memory_ms_per_melem: float = 0.0
     offset_ms: float = 0.0
     samples: int = 0
     dense_measured_ms: float | None = None
@@ -97,7 +104,8 @@ class Lut:
             "validation": self.validation,
             "layers": {
                 name: {"entry": layer.entry, "in_channels": layer.in_channels,
-                       "out_channels": layer.out_channels}
+                       "out_channels": layer.out_channels,
+                       "out_elements_per_channel": layer.out_elements_per_channel}
                 for name, layer in self.layers.items()
             },
             "entries": {key: entry.to_dict() for key, entry in self.entries.items()},
@@ -167,9 +175,10 @@ def lut_from_dict(data: Any, where: str = "<lut>") -> Lut:
     for name, raw in data["layers"].items():
         if not isinstance(raw, dict) or raw.get("entry") not in entries:
             raise bad(f"layer '{name}' refers to no entry")
-        if not all(_positive_int(raw.get(k)) for k in ("in_channels", "out_channels")):
+        keys = ("in_channels", "out_channels", "out_elements_per_channel")
+        if not all(_positive_int(raw.get(k)) for k in keys):
             raise bad(f"layer '{name}' has bad channel counts")
-        layers[name] = LutLayer(name, raw["entry"], raw["in_channels"], raw["out_channels"])
+        layers[name] = LutLayer(name, raw["entry"], *(raw[k] for k in keys))
     if not layers:
         raise bad("it has no layers")
     cal = data["calibration"]
@@ -178,8 +187,9 @@ def lut_from_dict(data: Any, where: str = "<lut>") -> Lut:
     except TypeError as error:
         raise bad(f"calibration: {error}") from None
     scale, offset = calibration.scale, calibration.offset_ms
-    if not (_finite(scale) and scale > 0 and _finite(offset)):
-        raise bad("calibration scale must be a positive number and offset a number")
+    memory = calibration.memory_ms_per_melem
+    if not (_finite(scale) and scale > 0 and _finite(offset) and _finite(memory) and memory >= 0):
+        raise bad("calibration scale must be positive, memory non-negative, offset a number")
     validation = data.get("validation")
     if validation is not None and not isinstance(validation, dict):
         raise bad("'validation' is not an object")

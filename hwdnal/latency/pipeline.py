@@ -122,15 +122,20 @@ def profile_model(
         named, runtime, input_shape, target, cache, progress, seed
     )
     measured = {key: cache.get(key) for key, _ in named}
-    raw = {key: predictor.raw_module(net) for key, net in named}
+    features = {key: predictor.features_module(net) for key, net in named}
+    raw = {key: value[0] for key, value in features.items()}
 
     fit_keys = [key for key, _ in named if "| val" not in key]
-    fit = fit_correction([raw[k] for k in fit_keys], [measured[k].median_ms for k in fit_keys])
+    fit = fit_correction(
+        [features[k][0] for k in fit_keys], [features[k][1] for k in fit_keys],
+        [measured[k].median_ms for k in fit_keys],
+    )
     dense_key = named[0][0]
     lut.calibration = Calibration(
-        scale=fit.scale, offset_ms=fit.offset_ms, samples=len(fit_keys),
-        dense_measured_ms=measured[dense_key].median_ms, dense_raw_ms=raw[dense_key],
-        points=[_point(raw[k], fit.scale * raw[k] + fit.offset_ms, measured[k]) for k in fit_keys],
+        scale=fit.scale, memory_ms_per_melem=fit.memory_ms_per_melem, offset_ms=fit.offset_ms,
+        samples=len(fit_keys), dense_measured_ms=measured[dense_key].median_ms,
+        dense_raw_ms=raw[dense_key],
+        points=[_point(raw[k], fit.predict(*features[k]), measured[k]) for k in fit_keys],
     )
     lut.calibration.fit_median_error = error_summary(
         [p["predicted_ms"] for p in lut.calibration.points],
@@ -138,7 +143,7 @@ def profile_model(
     )["median_rel_error"]
     val_keys = [key for key, _ in named if "| val" in key]
     if val_keys:
-        predicted = [fit.scale * raw[k] + fit.offset_ms for k in val_keys]
+        predicted = [fit.predict(*features[k]) for k in val_keys]
         actual = [measured[k].median_ms for k in val_keys]
         lut.validation = {
             "samples": len(val_keys),

@@ -1,13 +1,13 @@
 """Predicted latency of a gated or plain network from a LUT, as a differentiable expression.
 
-    predicted = scale · Σ_layers LUT_layer(in_channels, out_channels) + offset
+    predicted = scale · Σ_layers LUT_layer(in, out) + memory · Σ_layers out · elements + offset
 
 For a :class:`hwdnal.gated.GatedModel` the channel counts are the gates' expected counts
 (`channel_counts()`), which carry DNAL's straight-through gradient, so the latency term
 keeps a non-zero, correctly signed gradient on every gate parameter up to δ = 1e4 (the LUT
-tables are monotone, so more channels never predict less latency). ``scale`` and ``offset``
-come from the calibration against whole-network measurements: the per-layer sum misses
-fusion, memory traffic between layers and per-run overheads.
+tables are monotone, so more channels never predict less latency). ``scale``, ``memory`` and
+``offset`` come from the calibration against whole-network measurements: the per-layer sum
+misses fusion, element-wise work between layers and per-run overheads.
 """
 
 from __future__ import annotations
@@ -72,8 +72,21 @@ class LatencyModel:
             total = total + self.layer_latency(name, cin, cout)
         return total
 
-    def calibrate(self, raw_ms: torch.Tensor) -> torch.Tensor:
-        return self.scale * raw_ms + self.offset_ms
+    def activations(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
+        """Σ output elements (millions) of the LUT's layers at these channel counts."""
+        total = torch.zeros((), dtype=torch.float64)
+        for name, layer in self.lut.layers.items():
+            cout = torch.as_tensor(counts[name][1], dtype=torch.float64)
+            total = total + cout * (layer.out_elements_per_channel / 1e6)
+        return total
+
+    def calibrate(self, raw_ms: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+        cal = self.lut.calibration
+        return cal.scale * raw_ms + cal.memory_ms_per_melem * activations + cal.offset_ms
+
+    def predict_counts(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
+        """Calibrated prediction (ms) for ``{layer name: (in, out)}`` channel counts."""
+        return self.calibrate(self.raw(counts), self.activations(counts))
 
     # -- what the search calls ------------------------------------------------------------
     def predict_gated(self, gated, hard: bool = False) -> torch.Tensor:
@@ -87,7 +100,7 @@ class LatencyModel:
                 "profiled for another model"
             )
         device = gated.gate.s.device
-        value = self.calibrate(self.raw(known))
+        value = self.predict_counts(known)
         return value.to(device=device, dtype=gated.gate.s.dtype)
 
     def module_counts(self, module: nn.Module) -> dict[str, tuple[int, int]]:
@@ -112,10 +125,13 @@ class LatencyModel:
             counts[name] = (cin, cout)
         return counts
 
-    def raw_module(self, module: nn.Module) -> float:
+    def features_module(self, module: nn.Module) -> tuple[float, float]:
+        """(Σ LUT ms, Σ output elements in millions) of a plain network: what calibration fits."""
+        counts = self.module_counts(module)
         with torch.no_grad():
-            return float(self.raw(self.module_counts(module)))
+            return float(self.raw(counts)), float(self.activations(counts))
 
     def predict_module(self, module: nn.Module) -> float:
         """Predicted latency (ms) of a plain network: the dense model or a pruned one."""
-        return float(self.calibrate(torch.tensor(self.raw_module(module), dtype=torch.float64)))
+        with torch.no_grad():
+            return float(self.predict_counts(self.module_counts(module)))

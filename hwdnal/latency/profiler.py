@@ -18,7 +18,7 @@ from torch import nn
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.grid import channel_axis, monotone
 from hwdnal.latency.lut import LutEntry, LutLayer
-from hwdnal.latency.signature import LayerGeometry, LayerInfo, geometry_of, layer_input_shapes
+from hwdnal.latency.signature import LayerGeometry, LayerInfo, geometry_of, layer_shapes
 from hwdnal.runtimes.measure import measure_interleaved
 
 #: progress(done, total, what) — called after each measured batch
@@ -33,14 +33,15 @@ def discover_layers(gated, example_input: torch.Tensor) -> dict[str, LayerInfo]:
     no gate can remove (model inputs, logits), i.e. the smallest widths a layer can reach.
     """
     model = gated.model
-    shapes = layer_input_shapes(model, example_input)
+    shapes = layer_shapes(model, example_input)
     num_gates = gated.plan.num_gates
     layers: dict[str, LayerInfo] = {}
     for name, channels in gated.plan.layers.items():
         if name not in shapes:
             continue  # never called in the forward pass: costs nothing
         module = channels.module
-        geometry = geometry_of(module, shapes[name])
+        in_shape, out_shape = shapes[name]
+        geometry = geometry_of(module, in_shape)
         fixed_in = int((channels.in_gate_index >= num_gates).sum())
         fixed_out = int((channels.out_gate_index >= num_gates).sum())
         full_in = channels.in_gate_index.numel()
@@ -49,6 +50,7 @@ def discover_layers(gated, example_input: torch.Tensor) -> dict[str, LayerInfo]:
             name=name, geometry=geometry, in_channels=full_in, out_channels=full_out,
             min_in=full_in if fixed_in == full_in else max(1, fixed_in),
             min_out=full_out if fixed_out == full_out else max(1, fixed_out),
+            out_elements_per_channel=_prod(out_shape) // max(1, full_out),
         )
     return layers
 
@@ -116,21 +118,23 @@ def measure_grid(
     total = len(todo)
     if progress:
         progress(0, total, "layer grid")
-    for start in range(0, total, BATCH):
-        chunk = todo[start : start + BATCH]
-        compiled = [
-            runtime.compile(geometry.build(cin, cout), geometry.input_shape(batch, cin))
-            for geometry, cin, cout in chunk
-        ]
-        results = measure_interleaved(
-            compiled, warmup=warmup, iterations=iterations, burst=5, min_seconds=min_seconds
-        )
-        for (geometry, cin, cout), result in zip(chunk, results, strict=True):
-            cache.put(point_key(geometry, cin, cout), result)
-        del compiled
-        if progress:
-            progress(min(start + BATCH, total), total, chunk[-1][0].key())
-    cache.flush()
+    try:
+        for start in range(0, total, BATCH):
+            chunk = todo[start : start + BATCH]
+            compiled = [
+                runtime.compile(geometry.build(cin, cout), geometry.input_shape(batch, cin))
+                for geometry, cin, cout in chunk
+            ]
+            results = measure_interleaved(
+                compiled, warmup=warmup, iterations=iterations, burst=5, min_seconds=min_seconds
+            )
+            for (geometry, cin, cout), result in zip(chunk, results, strict=True):
+                cache.put(point_key(geometry, cin, cout), result)
+            del compiled
+            if progress:
+                progress(min(start + BATCH, total), total, chunk[-1][0].key())
+    finally:  # Ctrl-C or a crash keeps every finished point for the next run
+        cache.flush()
     return total
 
 
@@ -157,8 +161,17 @@ def build_entries(
         )
         for name in entry.layers:
             info = layers[name]
-            lut_layers[name] = LutLayer(name, key, info.in_channels, info.out_channels)
+            lut_layers[name] = LutLayer(
+                name, key, info.in_channels, info.out_channels, info.out_elements_per_channel
+            )
     return lut_entries, lut_layers
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
 
 
 def count_layers(model: nn.Module) -> int:

@@ -98,6 +98,7 @@ class LayerInfo:
     out_channels: int
     min_in: int  # channels of the input that no gate can remove
     min_out: int
+    out_elements_per_channel: int  # batch x output spatial size: memory traffic per channel
 
     @property
     def depthwise(self) -> bool:
@@ -145,16 +146,19 @@ def geometry_of(module: nn.Module, input_shape: tuple[int, ...]) -> LayerGeometr
     )
 
 
-def layer_input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Input shape of every conv/linear layer the forward pass reaches (first call wins)."""
-    shapes: dict[str, tuple[int, ...]] = {}
+def layer_shapes(
+    model: nn.Module, example_input: torch.Tensor
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(input, output) shapes of every conv/linear layer the forward pass reaches (first call
+    wins)."""
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-            def hook(_m: nn.Module, inputs: tuple, name: str = name) -> None:
-                shapes.setdefault(name, tuple(inputs[0].shape))
+            def hook(_m: nn.Module, inputs: tuple, output: torch.Tensor, name: str = name) -> None:
+                shapes.setdefault(name, (tuple(inputs[0].shape), tuple(output.shape)))
 
-            handles.append(module.register_forward_pre_hook(hook))
+            handles.append(module.register_forward_hook(hook))
     was_training = model.training
     try:
         model.eval()

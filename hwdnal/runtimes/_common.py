@@ -38,7 +38,7 @@ def nvidia_gpu_present() -> tuple[bool, str]:
         return True, "NVIDIA GPU"
     if Path("/etc/nv_tegra_release").exists() or Path("/dev/nvhost-ctrl-gpu").exists():
         return True, "Jetson GPU"
-    return False, "no NVIDIA GPU found (no /proc/driver/nvidia/gpus, /dev/nvidia0 or Jetson nvgpu)"
+    return False, "no NVIDIA GPU found"
 
 
 def gpu_name() -> str:

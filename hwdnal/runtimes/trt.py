@@ -31,7 +31,7 @@ def check() -> tuple[bool, str]:
     gpu, why = nvidia_gpu_present()
     if importlib.util.find_spec("tensorrt") is None:
         hint = "JetPack's python3" if why == "Jetson GPU" else "pip install hwdnal[tensorrt]"
-        missing = f"tensorrt is not installed ({hint})"
+        missing = f"tensorrt not installed ({hint})"
         return False, missing if gpu else f"{why}; {missing}"
     if not gpu:
         return False, why

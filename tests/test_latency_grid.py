@@ -1,0 +1,89 @@
+"""The channel grid and the interpolation the latency model is built on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hwdnal.latency.grid import channel_axis, interpolate, monotone
+
+
+def test_axis_holds_full_width_and_step_multiples() -> None:
+    assert channel_axis(64, 1, 8, 8) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert channel_axis(512, 1, 8, 8) == [64, 128, 192, 256, 320, 384, 448, 512]
+    assert channel_axis(100, 1, 8, 4) == [32, 64, 96, 100]
+
+
+def test_axis_of_channels_no_gate_removes_is_one_point() -> None:
+    assert channel_axis(3, 3, 8, 8) == [3]
+
+
+def test_axis_keeps_grouped_conv_channels_multiples_of_groups() -> None:
+    assert all(p % 6 == 0 for p in channel_axis(48, 1, 4, 8, multiple=6))
+
+
+def _table(draw_values: list[float], rows: int, cols: int) -> np.ndarray:
+    increments = np.asarray(draw_values[: rows * cols]).reshape(rows, cols)
+    return np.cumsum(np.cumsum(increments, axis=0), axis=1)  # monotone along both axes
+
+
+tables = st.integers(2, 5).flatmap(
+    lambda rows: st.integers(1, 5).flatmap(
+        lambda cols: st.lists(st.floats(0.0, 3.0), min_size=rows * cols, max_size=rows * cols).map(
+            lambda values: _table(values, rows, cols)
+        )
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tables)
+def test_interpolation_is_exact_at_grid_points(table: np.ndarray) -> None:
+    rows, cols = table.shape
+    in_axis = torch.arange(1, rows + 1, dtype=torch.float64) * 8
+    out_axis = torch.arange(1, cols + 1, dtype=torch.float64) * 16
+    t = torch.tensor(table)
+    for i in range(rows):
+        for o in range(cols):
+            value = interpolate(in_axis, out_axis, t, in_axis[i], out_axis[o])
+            assert float(value) == np.float64(table[i, o]) or abs(float(value) - table[i, o]) < 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(tables, st.floats(8, 40), st.floats(16, 80), st.floats(0, 8), st.floats(0, 16))
+def test_interpolation_is_monotone_in_both_channel_counts(
+    table: np.ndarray, cin: float, cout: float, d_in: float, d_out: float
+) -> None:
+    rows, cols = table.shape
+    in_axis = torch.arange(1, rows + 1, dtype=torch.float64) * 8
+    out_axis = torch.arange(1, cols + 1, dtype=torch.float64) * 16
+    t = torch.tensor(table)
+
+    def f(a: float, b: float) -> float:
+        return float(interpolate(in_axis, out_axis, t, torch.tensor(a, dtype=torch.float64),
+                                 torch.tensor(b, dtype=torch.float64)))
+
+    assert f(cin + d_in, cout) >= f(cin, cout) - 1e-9
+    assert f(cin, cout + d_out) >= f(cin, cout) - 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=12, max_size=12))
+def test_monotone_projection(values: list[float]) -> None:
+    noisy = np.asarray(values).reshape(3, 4)
+    fixed = monotone(noisy)
+    assert np.all(np.diff(fixed, axis=0) >= -1e-12)
+    assert np.all(np.diff(fixed, axis=1) >= -1e-12)
+    np.testing.assert_allclose(monotone(fixed), fixed)  # already monotone: unchanged
+
+
+def test_gradient_reaches_channel_counts() -> None:
+    in_axis = torch.tensor([8.0, 16.0], dtype=torch.float64)
+    out_axis = torch.tensor([8.0, 16.0], dtype=torch.float64)
+    table = torch.tensor([[1.0, 2.0], [3.0, 5.0]], dtype=torch.float64)
+    cin = torch.tensor(16.0, dtype=torch.float64, requires_grad=True)  # at the top grid point
+    cout = torch.tensor(12.0, dtype=torch.float64, requires_grad=True)
+    interpolate(in_axis, out_axis, table, cin, cout).backward()
+    assert cin.grad > 0 and cout.grad > 0

@@ -1,0 +1,103 @@
+"""Runtimes: ONNX Runtime measured for real here; TensorRT and torch-cuda where there is a GPU."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from hwdnal import runtimes
+from hwdnal.onnx_export import export_checked, export_onnx
+from hwdnal.runtimes.measure import measure, measure_interleaved, summarize
+
+
+def _small_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(8, 5),
+    ).eval()
+
+
+def test_onnx_export_is_one_checked_file_matching_torch(tmp_path) -> None:
+    path = tmp_path / "net.onnx"
+    _, check = export_checked(_small_net(), (1, 3, 16, 16), path)
+    assert check.ok and check.max_abs_diff < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]  # no side .data file
+    model = onnx.load(str(path))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 16, 16]
+
+
+def test_onnxruntime_runs_and_matches_torch() -> None:
+    runtime = runtimes.create("onnxruntime", precision="fp32", threads=1)
+    net = _small_net()
+    compiled = runtime.compile(net, (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert abs(compiled.run(x.numpy()) - expected).max() < 1e-4
+    compiled_from_onnx = runtime.compile(export_onnx(net, (1, 3, 16, 16)), (1, 3, 16, 16))
+    assert abs(compiled_from_onnx.run(x.numpy()) - expected).max() < 1e-4
+
+
+def test_onnxruntime_measures_median_and_p90() -> None:
+    runtime = runtimes.create("onnxruntime", threads=1)
+    small = runtime.compile(nn.Conv2d(4, 4, 3, padding=1), (1, 4, 32, 32))
+    large = runtime.compile(nn.Conv2d(128, 128, 3, padding=1), (1, 128, 32, 32))
+    one = measure(small, warmup=2, iterations=20)
+    assert 0 < one.median_ms <= one.p90_ms and one.samples == 20
+    a, b = measure_interleaved([small, large], warmup=2, iterations=20)
+    assert b.median_ms > 5 * a.median_ms  # ~1000x the work
+
+
+def test_min_seconds_runs_fast_networks_longer() -> None:
+    runtime = runtimes.create("onnxruntime", threads=1)
+    tiny = runtime.compile(nn.Conv2d(2, 2, 1), (1, 2, 4, 4))
+    assert measure(tiny, warmup=2, iterations=5, min_seconds=0.05).samples > 5
+
+
+def test_summary_statistics() -> None:
+    m = summarize([5.0, 1.0, 2.0, 4.0, 3.0, 10.0, 6.0, 7.0, 8.0, 9.0])
+    assert m.median_ms == 5.5 and m.p90_ms == 9.0 and m.samples == 10
+
+
+def test_onnxruntime_refuses_fp16() -> None:
+    from hwdnal.errors import UserError
+
+    with pytest.raises(UserError, match="fp32"):
+        runtimes.create("onnxruntime", precision="fp16")
+
+
+TRT_OK, TRT_WHY = runtimes.check("tensorrt")
+
+
+@pytest.mark.skipif(not TRT_OK, reason=f"TensorRT runtime unavailable: {TRT_WHY}")
+def test_tensorrt_builds_fp16_engine_and_measures() -> None:
+    runtime = runtimes.create("tensorrt", precision="fp16")
+    net = _small_net()
+    compiled = runtime.compile(net, (1, 3, 32, 32))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert abs(compiled.run(x.numpy()) - expected).max() < 5e-2
+    result = measure(compiled, warmup=5, iterations=20)
+    assert 0 < result.median_ms <= result.p90_ms
+
+
+CUDA_OK, CUDA_WHY = runtimes.check("torch-cuda")
+
+
+@pytest.mark.skipif(not CUDA_OK, reason=f"torch-cuda runtime unavailable: {CUDA_WHY}")
+def test_torch_cuda_graph_runs_and_measures() -> None:
+    runtime = runtimes.create("torch-cuda", precision="fp32")
+    net = _small_net()
+    compiled = runtime.compile(net, (1, 3, 32, 32))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert abs(compiled.run(x.numpy()) - expected).max() < 1e-3
+    small, large = (
+        runtime.compile(nn.Conv2d(c, c, 3, padding=1), (1, c, 64, 64)) for c in (4, 512)
+    )
+    a, b = measure_interleaved([small, large], warmup=5, iterations=30)
+    assert 0 < a.median_ms <= a.p90_ms and b.median_ms > a.median_ms

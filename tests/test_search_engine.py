@@ -1,0 +1,88 @@
+"""The search engine through its Python API, on small synthetic data (seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwdnal.errors import UserError
+from hwdnal.search import DnalSearch, GateLossTerm, SearchConfig, SearchObserver
+
+TINY = dict(model="resnet20", data="synthetic", input_size=16, train_subset=256,
+            test_subset=128, batch_size=64, epochs_weights=1, epochs_arch=1, epochs_finetune=1)
+
+
+class Recorder(SearchObserver):
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []
+        self.steps: dict[str, list[dict[str, float]]] = {}
+
+    def stage_started(self, stage: str, epochs: int, steps: int, first_epoch: int) -> None:
+        self.started.append((stage, first_epoch))
+
+    def step(self, stage: str, values: dict[str, float]) -> None:
+        self.steps.setdefault(stage, []).append(values)
+
+
+def test_result_has_the_contract_keys_and_delta_rises_from_1_to_1e4(tmp_path: Path):
+    recorder = Recorder()
+    DnalSearch(SearchConfig(**{**TINY, "epochs_arch": 2}), tmp_path / "run", recorder).run()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    for key in ("dense", "pruned", "budget_ms", "target", "groups", "stages", "artifacts"):
+        assert key in result
+    assert {"name", "kept", "total"} <= set(result["groups"][0])
+    assert {"name", "epochs", "seconds"} <= set(result["stages"][0])
+    deltas = [v["delta"] for v in recorder.steps["architecture"]]
+    assert deltas == sorted(deltas)
+    assert deltas[-1] == pytest.approx(1e4)
+    assert deltas[0] == pytest.approx(1e4 ** (1 / (len(deltas) - 1)))  # one step past δ = 1
+
+
+def test_weights_option_starts_from_given_weights_and_skips_the_weight_stage(tmp_path: Path):
+    first = DnalSearch(SearchConfig(**TINY), tmp_path / "a").run()
+    recorder = Recorder()
+    dense = str(tmp_path / "a" / "dense.pt")
+    config = SearchConfig(**{**TINY, "epochs_weights": 5}, weights=dense)
+    second = DnalSearch(config, tmp_path / "b", recorder).run()
+    assert "weights" not in recorder.steps
+    assert second["stages"][0] == {"name": "weights", "epochs": 0,
+                                   "seconds": second["stages"][0]["seconds"]}
+    assert second["dense"]["accuracy"] == pytest.approx(first["dense"]["accuracy"])
+
+
+def test_weights_that_do_not_fit_the_model_are_a_clear_error(tmp_path: Path):
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    config = SearchConfig(**TINY, weights=str(tmp_path / "bad.pt"))
+    with pytest.raises(UserError, match="does not fit"):
+        DnalSearch(config, tmp_path / "run").run()
+
+
+def test_extra_loss_terms_join_the_architecture_loss_and_may_adapt(tmp_path: Path):
+    seen: list[float] = []
+
+    def width(gated) -> torch.Tensor:
+        return sum(c.out_channels for c in gated.channel_counts()) / 1000
+
+    def grow(term: GateLossTerm, value: float) -> None:
+        seen.append(value)
+        term.weight *= 1.1
+
+    term = GateLossTerm("width", 1.0, width, after_step=grow)
+    search = DnalSearch(SearchConfig(**TINY), tmp_path / "run")
+    search.add_loss_term(term)
+    result = search.run()
+    assert len(seen) == 4 and term.weight == pytest.approx(1.1**4)
+    assert "width" in result["arch_history"][0]
+
+
+def test_a_stronger_sparsity_term_keeps_fewer_channels(tmp_path: Path):
+    def kept(lambda_a: float) -> int:
+        config = SearchConfig(**{**TINY, "epochs_arch": 2}, lambda_a=lambda_a)
+        result = DnalSearch(config, tmp_path / f"l{lambda_a}").run()
+        return sum(g["kept"] for g in result["groups"])
+
+    assert kept(8.0) < kept(0.5)
+
