@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+
 from hwdnal.cli import lut_cmd, profile_cmd, search_cmd, targets_cmd
 
 app = typer.Typer(
@@ -36,31 +37,26 @@ lut_cmd.register(app)
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning user errors into one clear line."""
+    """Console-script entry point: run the app, turning user errors into one clear line.
+
+    Typer (standalone mode) reports usage errors itself, with exit code 2; library errors
+    and graceful stops arrive here.
+    """
     from hwdnal.errors import UserError
+    from hwdnal.interrupt import Interrupted
 
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as error:
         if state["debug"] or "--debug" in sys.argv:
             raise
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.exceptions.UsageError):
-            error.show()
-            sys.exit(2)
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except Interrupted as stop:
+        command = " ".join(["hwdnal", *sys.argv[1:]])
+        typer.echo(f"stopped during {stop.where}; progress is saved. Resume with: {command}",
+                   err=True)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

@@ -47,16 +47,20 @@ class RichSearchObserver(SearchObserver):
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(*exc)
 
-    def stage_started(self, stage: str, epochs: int, steps: int, first_epoch: int) -> None:
+    def stage_started(
+        self, stage: str, epochs: int, steps: int, first_epoch: int, first_step: int = 0
+    ) -> None:
         self._stage, self._epochs, self._steps, self._epoch = stage, epochs, steps, first_epoch
         if stage == "prune":
             console.print("[bold]prune[/]        removing channels whose gate is 0")
             return
         if epochs == 0 or first_epoch >= epochs:
             return
-        if first_epoch:
-            console.print(f"[bold]{stage}[/] resuming at epoch {first_epoch + 1}/{epochs}")
+        if first_epoch or first_step:
+            console.print(f"[bold]{stage}[/] resuming at epoch {first_epoch + 1}/{epochs}, "
+                          f"step {first_step + 1}/{steps}")
         self._new_bar()
+        self._step = first_step
 
     def _new_bar(self) -> None:
         self._step = 0

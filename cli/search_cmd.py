@@ -38,7 +38,7 @@ def search(
 ) -> None:
     """Learn which channels to keep with DNAL, prune them physically and finetune."""
     from hwdnal.cli.progress import RichSearchObserver, print_summary
-
+    from hwdnal.interrupt import GracefulStop
     from hwdnal.search import DnalSearch, SearchConfig
 
     config = SearchConfig(
@@ -51,8 +51,8 @@ def search(
     _check_positive(epochs_weights=epochs_weights, epochs_arch=epochs_arch,
                     epochs_finetune=epochs_finetune, batch_size=batch_size)
     _check_device(device)
-    with RichSearchObserver() as observer:
-        result: dict[str, Any] = DnalSearch(config, out, observer).run()
+    with GracefulStop() as stop, RichSearchObserver() as observer:
+        result: dict[str, Any] = DnalSearch(config, out, observer, stop).run()
     print_summary(result, out)
 
 

@@ -246,15 +246,23 @@ def batches(
     shuffle: bool,
     seed: int = 0,
     augment: bool = False,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised float batches; in-memory splits are sliced, folders use a DataLoader."""
+    """Normalised float batches; in-memory splits are sliced, folders use a DataLoader.
+
+    ``skip`` leaves out the first batches of the (deterministic) order, drawing their random
+    augmentation all the same, so that an epoch resumed half-way sees the batches it would
+    have seen.
+    """
     source = data.train if split == "train" else data.test
     if not isinstance(source, Split):
         loader = torch.utils.data.DataLoader(
             source, batch_size=batch_size, shuffle=shuffle, num_workers=_workers(),
             generator=torch.Generator().manual_seed(seed), drop_last=shuffle,
         )
-        yield from loader
+        for index, batch in enumerate(loader):
+            if index >= skip:
+                yield batch
         return
     mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
@@ -262,15 +270,18 @@ def batches(
     count = len(source)
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
     stop = len(order) - (len(order) % batch_size if shuffle and len(order) > batch_size else 0)
-    for start in range(0, stop, batch_size):
+    for number, start in enumerate(range(0, stop, batch_size)):
         index = order[start : start + batch_size]
+        flips, shift = _augmentation(len(index), generator) if augment else (None, None)
+        if number < skip:
+            continue
         images = (source.images[index].float() - mean) / std
         if images.shape[-1] != data.input_size:
             images = F.interpolate(
                 images, size=data.input_size, mode="bilinear", align_corners=False
             )
-        if augment:
-            images = _augment(images, generator)
+        if flips is not None and shift is not None:
+            images = _augment(images, flips, shift)
         yield images, source.labels[index]
 
 
@@ -279,13 +290,20 @@ def steps_per_epoch(data: DataSpec, batch_size: int) -> int:
     return max(count // batch_size, 1)
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+_PAD = 2
+
+
+def _augmentation(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    flips = torch.rand(count, generator=generator) < 0.5
+    shift = torch.randint(0, 2 * _PAD + 1, (2,), generator=generator)
+    return flips, shift
+
+
+def _augment(images: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Random horizontal flips and random crops with 2-pixel padding, on the whole batch."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
-    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-    pad = 2
-    padded = F.pad(images, (pad, pad, pad, pad))
-    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=generator))
+    images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
+    padded = F.pad(images, (_PAD, _PAD, _PAD, _PAD))
+    dx, dy = (int(v) for v in shift)
     size = images.shape[-1]
     return padded[..., dy : dy + size, dx : dx + size]
 

@@ -17,7 +17,7 @@ keeps a useful, correctly signed gradient up to δ = 1e4.
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from torch import nn
 KEEP_THRESHOLD = 0.9
 
 
-class GateMode(str, Enum):
+class GateMode(StrEnum):
     """How a gate acts on the channels it guards."""
 
     OFF = "off"  # identity: training the weights of the dense network

@@ -30,6 +30,7 @@ from hwdnal.data import DataSpec, load_data, steps_per_epoch
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import DeltaSchedule, GateMode
+from hwdnal.interrupt import GracefulStop, Interrupted
 from hwdnal.models import create_model
 from hwdnal.prune import prune_physically
 from hwdnal.run import RunDir
@@ -67,7 +68,9 @@ class SearchConfig:
 class SearchObserver:
     """Receives progress; the CLI draws it, tests may record it. All methods optional."""
 
-    def stage_started(self, stage: str, epochs: int, steps: int, first_epoch: int) -> None: ...
+    def stage_started(
+        self, stage: str, epochs: int, steps: int, first_epoch: int, first_step: int = 0
+    ) -> None: ...
 
     def step(self, stage: str, values: dict[str, float]) -> None: ...
 
@@ -123,14 +126,28 @@ class _Progress:
 
 class DnalSearch:
     def __init__(
-        self, config: SearchConfig, out: str | Path, observer: SearchObserver | None = None
+        self,
+        config: SearchConfig,
+        out: str | Path,
+        observer: SearchObserver | None = None,
+        stop: GracefulStop | None = None,
     ) -> None:
         self.config = config
         self.run_dir = RunDir(out)
         self.observer = observer or SearchObserver()
+        self.stop = stop
         self.extra_terms: list[GateLossTerm] = []
         self.data: DataSpec | None = None
         self.resumed = False
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.requested
+
+    def _stop_if_requested(self, completed: bool, stage: str, epoch: int, step: int) -> None:
+        """After a checkpoint: leave with :class:`Interrupted` if a stop was asked for."""
+        if not completed or self._stopping():
+            assert self.stop is not None and self.stop.signal_number is not None
+            raise Interrupted(f"{stage} (epoch {epoch + 1}, step {step})", self.stop.signal_number)
 
     def add_loss_term(self, term: GateLossTerm) -> None:
         """Add a term to the architecture stage's loss (before :meth:`run`)."""
@@ -236,25 +253,26 @@ class DnalSearch:
             weight_decay=config.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
-        first_epoch = 0
         checkpoint = self.run_dir.load_checkpoint(stage)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
-            first_epoch = checkpoint["epoch"] + 1
-        self.observer.stage_started(stage, epochs, steps, first_epoch)
+        first_epoch, first_step = _resume_position(checkpoint, steps)
+        self.observer.stage_started(stage, epochs, steps, first_epoch, first_step)
         model.train()
         for epoch in range(first_epoch, epochs):
             stats = train_epoch(
                 model, self.data, optimizer, config.batch_size, seed=config.seed * 1000 + epoch,
                 scheduler=scheduler, on_step=lambda _s, v: self.observer.step(stage, v),
                 channels_last=config.channels_last,
+                start_step=first_step if epoch == first_epoch else 0, should_stop=self._stopping,
             )
             self.run_dir.save_checkpoint(stage, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "step": stats.steps_done,
             })
+            self._stop_if_requested(stats.completed, stage, epoch, stats.steps_done)
             self.observer.epoch_finished(stage, epoch, {"loss": stats.loss, "acc": stats.accuracy})
 
     # -- stage 2: architecture -----------------------------------------------------------
@@ -283,17 +301,17 @@ class DnalSearch:
         schedule = DeltaSchedule(max(epochs * steps, 1))
         optimizer = torch.optim.SGD(gated.gate.parameters(), lr=config.arch_lr, momentum=0.9)
         terms: list[LossTerm] = [SparsityTerm(gated, config.lambda_a), *self.extra_terms]
-        first_epoch = 0
         checkpoint = self.run_dir.load_checkpoint("architecture")
         if checkpoint is not None:
             gated.gate.load_state_dict(checkpoint["gate"])
+            gated.model.load_state_dict(checkpoint["model"])  # BatchNorm statistics
             optimizer.load_state_dict(checkpoint["optimizer"])
             for term, weight in zip(self.extra_terms, checkpoint.get("term_weights", []),
                                     strict=False):
                 term.weight = weight
-            first_epoch = checkpoint["epoch"] + 1
-        self.observer.stage_started("architecture", epochs, steps, first_epoch)
-        gated.set_delta(schedule(first_epoch * steps))
+        first_epoch, first_step = _resume_position(checkpoint, steps)
+        self.observer.stage_started("architecture", epochs, steps, first_epoch, first_step)
+        gated.set_delta(schedule(first_epoch * steps + first_step))
 
         for epoch in range(first_epoch, epochs):
 
@@ -311,14 +329,24 @@ class DnalSearch:
                 seed=config.seed * 1000 + 500 + epoch,
                 extra_terms=terms, on_step=on_step, augment=False,
                 channels_last=config.channels_last,
+                start_step=first_step if epoch == first_epoch else 0, should_stop=self._stopping,
             )
+            if not stats.completed:
+                self.run_dir.save_checkpoint("architecture", {
+                    "gate": gated.gate.state_dict(), "model": gated.model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "step": stats.steps_done, "delta": gated.gate.delta,
+                    "term_weights": [term.weight for term in self.extra_terms],
+                })
+                self._stop_if_requested(False, "architecture", epoch, stats.steps_done)
             kept = int(gated.keep_mask().sum())
             summary = {"epoch": epoch, "delta": gated.gate.delta, "loss": stats.loss,
                        "acc": stats.accuracy, "kept": kept, **stats.terms}
             progress.arch_history.append(summary)
             self.run_dir.save_checkpoint("architecture", {
-                "gate": gated.gate.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "delta": gated.gate.delta,
+                "gate": gated.gate.state_dict(), "model": gated.model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": steps,
+                "delta": gated.gate.delta,
                 "term_weights": [term.weight for term in self.extra_terms],
             })
             self._save_progress(progress)
@@ -356,6 +384,14 @@ class DnalSearch:
         self._finish_stage(progress, "finetune", config.epochs_finetune,
                            time.perf_counter() - started)
         return pruned
+
+
+def _resume_position(checkpoint: dict[str, Any] | None, steps: int) -> tuple[int, int]:
+    """(epoch, step) to continue from: a checkpoint records the steps done in its epoch."""
+    if checkpoint is None:
+        return 0, 0
+    epoch, done = checkpoint["epoch"], checkpoint.get("step", steps)
+    return (epoch + 1, 0) if done >= steps else (epoch, done)
 
 
 def _save_on_cpu(path: Path, model: nn.Module) -> None:

@@ -84,19 +84,24 @@ class Target:
             raise UserError(f"target '{self.name}' is not usable on this machine: {why}")
         return runtimes.create(self.runtime, precision=self.precision, threads=self.threads)
 
-    def fingerprint(self, runtime: Any = None) -> dict[str, Any]:
-        """What identifies measurements taken for this target on this machine."""
+    def measure(self, network: Any, input_shape: tuple[int, ...], runtime: Any = None) -> Any:
+        """Compile ``network`` (module or ONNX) for this target and time it with the target's
+        warm-up, iterations and minimum time; returns a ``Measurement`` (median, p90)."""
+        from hwdnal.runtimes.measure import measure
+
+        runtime = runtime or self.create_runtime()
+        compiled = runtime.compile(network, input_shape)
+        return measure(compiled, self.warmup, self.iterations, self.min_seconds)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies measurements taken for this target on this machine (computed
+        without starting the runtime, so listing and checking LUTs stays cheap)."""
         from hwdnal import runtimes
         from hwdnal.runtimes._common import gpu_name
         from hwdnal.runtimes.ort import cpu_model
 
-        if runtime is not None:
-            version = runtime.version()
-        else:
-            version = runtimes.installed_version(self.runtime)
-        gpu = "none"
-        if self.device != "cpu":
-            gpu = runtime.device_name() if runtime is not None else gpu_name()
+        version = runtimes.installed_version(self.runtime)
+        gpu = gpu_name() if self.device != "cpu" else "none"
         return {
             "target": self.name,
             "device": self.device,

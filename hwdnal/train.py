@@ -34,7 +34,9 @@ class EpochStats:
     loss: float = 0.0
     accuracy: float = 0.0
     terms: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
+    #: steps of the epoch done when it returned (all of them unless a stop was requested)
+    steps_done: int = 0
+    completed: bool = True
 
 
 class NonFiniteLoss(UserError):
@@ -52,14 +54,21 @@ def train_epoch(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     augment: bool = True,
     channels_last: bool = False,
+    start_step: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
-    """One pass over the training split; returns the mean loss, accuracy and term values."""
+    """One pass over the training split (from ``start_step``); mean loss, accuracy, terms.
+
+    Returns early, after a whole step, when ``should_stop()`` turns true.
+    """
     total_loss = correct = seen = 0.0
     term_sums = {term.name: 0.0 for term in extra_terms}
     device = _device_of(model)
-    step = 0
+    step = start_step - 1
     for step, (images, labels) in enumerate(
-        batches(data, "train", batch_size, shuffle=True, seed=seed, augment=augment)
+        batches(data, "train", batch_size, shuffle=True, seed=seed, augment=augment,
+                skip=start_step),
+        start=start_step,
     ):
         images, labels = images.to(device, non_blocking=True), labels.to(device)
         if channels_last:
@@ -89,11 +98,20 @@ def train_epoch(
         seen += batch
         if on_step is not None:
             on_step(step, {"loss": float(loss.detach()), "acc": correct / seen, **values})
-    steps = step + 1
+        if should_stop is not None and should_stop():
+            return _stats(total_loss, correct, seen, term_sums, step + 1 - start_step,
+                          steps_done=step + 1, completed=False)
+    return _stats(total_loss, correct, seen, term_sums, step + 1 - start_step, step + 1, True)
+
+
+def _stats(total_loss: float, correct: float, seen: float, term_sums: dict[str, float],
+           steps: int, steps_done: int, completed: bool) -> EpochStats:
     return EpochStats(
         loss=total_loss / max(seen, 1),
         accuracy=correct / max(seen, 1),
-        terms={name: value / steps for name, value in term_sums.items()},
+        terms={name: value / max(steps, 1) for name, value in term_sums.items()},
+        steps_done=steps_done,
+        completed=completed,
     )
 
 

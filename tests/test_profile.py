@@ -63,7 +63,7 @@ def test_interrupted_profile_resumes_where_it_stopped(tmp_path) -> None:
 def test_profile_command_writes_a_lut_and_prints_counts(tmp_path) -> None:
     target_file = tmp_path / "tiny.toml"
     target_file.write_text(
-        'name = "tiny-cpu"\nruntime = "onnxruntime"\ndevice = "cpu"\nwarmup = 1\n'
+        'name = "tiny-cpu"\nruntime = "onnxruntime"\ndevice = "cpu"\nthreads = 2\nwarmup = 1\n'
         "iterations = 5\nmin_seconds = 0.0\n[profile]\ngrid_points = 2\nlayer_warmup = 1\n"
         "layer_iterations = 3\nlayer_min_seconds = 0.0\ncalibrate = 6\n"
     )
@@ -77,7 +77,7 @@ def test_profile_command_writes_a_lut_and_prints_counts(tmp_path) -> None:
     assert "layer measurements" in result.stdout and str(out) in result.stdout
     lut = load_lut(out)
     assert lut.fingerprint["target"] == "tiny-cpu" and lut.validation["samples"] == 2
-    # the same file for another target is refused without --force
+    # the file holds a LUT for 2 threads: profiling `cpu` (1 thread) into it is refused
     other = subprocess.run(
         [*cmd[:5], "cpu", *cmd[6:]], capture_output=True, text=True, timeout=300, check=False,
         cwd=tmp_path,

@@ -79,6 +79,33 @@ def test_a_run_killed_after_the_weight_stage_resumes_there(tmp_path: Path):
                                                      "finetune"]
 
 
+def test_sigterm_in_the_architecture_stage_saves_and_the_rerun_resumes_mid_epoch(
+    tmp_path: Path,
+):
+    run = tmp_path / "run"
+    options = [*SMALL[:-4], "--epochs-arch", "3", "--epochs-finetune", "1"]
+    args = [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run), *options]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "weights finished" in line:
+            break
+    time.sleep(1.5)  # inside the architecture stage (3 epochs of 24 steps)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "Resume with: hwdnal search" in stderr and "Traceback" not in stderr
+    checkpoint = torch.load(run / "checkpoints" / "architecture.pt", weights_only=False)
+    steps_per_epoch = 1536 // 64
+    assert 0 < checkpoint["step"] < steps_per_epoch, "stopped mid-epoch, after a whole step"
+    assert "architecture" not in json.loads((run / "state.json").read_text())["finished"]
+
+    resumed = hwdnal("search", "--out", str(run), *options)
+    assert f"step {checkpoint['step'] + 1}/{steps_per_epoch}" in resumed.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["pruned"]["params"] < result["dense"]["params"]
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()

@@ -20,7 +20,9 @@ class Recorder(SearchObserver):
         self.started: list[tuple[str, int]] = []
         self.steps: dict[str, list[dict[str, float]]] = {}
 
-    def stage_started(self, stage: str, epochs: int, steps: int, first_epoch: int) -> None:
+    def stage_started(
+        self, stage: str, epochs: int, steps: int, first_epoch: int, first_step: int = 0
+    ) -> None:
         self.started.append((stage, first_epoch))
 
     def step(self, stage: str, values: dict[str, float]) -> None:

@@ -82,3 +82,13 @@ def test_unknown_target_on_the_cli_is_one_line() -> None:
         "error: unknown target 'tpu': use one of arm-cpu, cpu, gpu, jetson or the path to a "
         ".toml target file"
     ]
+
+
+def test_target_measures_a_network() -> None:
+    from dataclasses import replace
+
+    from torch import nn
+
+    target = replace(load_target("cpu"), warmup=1, iterations=5, min_seconds=0.0)
+    result = target.measure(nn.Conv2d(3, 4, 3), (1, 3, 16, 16))
+    assert 0 < result.median_ms <= result.p90_ms and result.samples == 5

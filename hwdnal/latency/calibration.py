@@ -24,7 +24,7 @@ from hwdnal.prune import prune_physically
 
 
 def random_keep_mask(
-    gated: GatedModel, generator: torch.Generator, multiple: int = 1
+    gated: GatedModel, generator: torch.Generator, multiple: int = 1, rho: float | None = None
 ) -> torch.Tensor:
     """A random architecture: one overall width ρ ~ U(0.25, 1), each group near ρ, each kept
     count a multiple of ``multiple`` (see :mod:`hwdnal.latency.alignment`).
@@ -34,7 +34,8 @@ def random_keep_mask(
     what a fit of scale and offset needs and the range a search moves through.
     """
     keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
-    rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
+    if rho is None:
+        rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
     for group in gated.plan.groups:
         ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
         kept = aligned_count(round(ratio * group.size), group.size, multiple)
@@ -44,14 +45,23 @@ def random_keep_mask(
 
 
 def random_subnetworks(
-    model: nn.Module, example_input: torch.Tensor, count: int, seed: int, multiple: int = 1
+    model: nn.Module, example_input: torch.Tensor, count: int, seed: int, multiple: int = 1,
+    stratified: bool = False,
 ) -> list[nn.Module]:
-    """``count`` random physically pruned copies of ``model`` (eval mode)."""
+    """``count`` random physically pruned copies of ``model`` (eval mode).
+
+    ``stratified`` spreads the overall widths evenly over [0.25, 1] (one per stratum, random
+    within it): a calibration fit must see both ends of the range, or it extrapolates to the
+    smallest networks — which a handful of uniform draws often misses.
+    """
     generator = torch.Generator().manual_seed(seed)
     networks = []
-    for _ in range(count):
+    for index in range(count):
+        rho = None
+        if stratified:
+            rho = 0.25 + 0.75 * (index + float(torch.rand((), generator=generator))) / count
         gated = GatedModel(copy.deepcopy(model), example_input)
-        gated.set_keep_mask(random_keep_mask(gated, generator, multiple))
+        gated.set_keep_mask(random_keep_mask(gated, generator, multiple, rho))
         networks.append(prune_physically(gated).eval())
     return networks
 
@@ -68,6 +78,8 @@ class Fit:
 
 #: fewer samples than this fit scale and offset only
 MIN_SAMPLES_FOR_MEMORY = 6
+#: the memory term must lower the leave-one-out error by this fraction to be kept
+MEMORY_TERM_GAIN = 0.15
 
 
 def fit_correction(
@@ -86,16 +98,27 @@ def fit_correction(
     if raw.size == 1 or np.ptp(raw) < 1e-9 * max(raw.max(), 1e-12):
         return Fit(1.0, 0.0, float(np.mean(measured - raw)))
     weights = 1.0 / measured
-    if raw.size >= MIN_SAMPLES_FOR_MEMORY:
-        design = np.stack([raw * weights, act * weights, weights], axis=1)
-        (scale, memory, offset), *_ = np.linalg.lstsq(design, np.ones_like(raw), rcond=None)
-        if math.isfinite(scale) and scale > 0 and math.isfinite(memory) and memory >= 0:
-            return Fit(float(scale), float(memory), float(offset))
     design = np.stack([raw * weights, weights], axis=1)
+    if raw.size >= MIN_SAMPLES_FOR_MEMORY:
+        full = np.stack([raw * weights, act * weights, weights], axis=1)
+        (scale, memory, offset), *_ = np.linalg.lstsq(full, np.ones_like(raw), rcond=None)
+        valid = math.isfinite(scale) and scale > 0 and math.isfinite(memory) and memory >= 0
+        if valid and _loo_error(full) < (1 - MEMORY_TERM_GAIN) * _loo_error(design):
+            return Fit(float(scale), float(memory), float(offset))
     (scale, offset), *_ = np.linalg.lstsq(design, np.ones_like(raw), rcond=None)
     if not (math.isfinite(scale) and scale > 0):  # degenerate samples: a pure ratio
         return Fit(float(np.median(measured / raw)), 0.0, 0.0)
     return Fit(float(scale), 0.0, float(offset))
+
+
+def _loo_error(design: np.ndarray) -> float:
+    """Leave-one-out RMS relative error of a weighted least-squares fit (rows: samples)."""
+    errors = []
+    for i in range(design.shape[0]):
+        rest = np.arange(design.shape[0]) != i
+        coef, *_ = np.linalg.lstsq(design[rest], np.ones(int(rest.sum())), rcond=None)
+        errors.append(float(design[i] @ coef) - 1.0)  # rows are features / measured
+    return float(np.sqrt(np.mean(np.square(errors))))
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> np.ndarray:

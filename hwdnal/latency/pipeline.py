@@ -113,10 +113,12 @@ def profile_model(
     model_id = _architecture_id(model, input_shape)
     named: list[tuple[str, nn.Module]] = [(f"net | {model_id} | dense", model)]
     multiple = settings.preferred_channel_step
-    calibration_nets = random_subnetworks(model, example[:1], calibrate, seed, multiple)
+    calibration_nets = random_subnetworks(
+        model, example[:1], calibrate, seed, multiple, stratified=True
+    )
     validation_nets = random_subnetworks(model, example[:1], validate, seed + 7919, multiple)
     prefix = f"net | {model_id} | seed{seed} | m{multiple}"
-    named += [(f"{prefix} | cal{i}", n) for i, n in enumerate(calibration_nets)]
+    named += [(f"{prefix} | strat-cal{i}", n) for i, n in enumerate(calibration_nets)]
     named += [(f"{prefix} | val{i}", n) for i, n in enumerate(validation_nets)]
     networks_now = _measure_networks(
         named, runtime, input_shape, target, cache, progress, seed

@@ -22,7 +22,18 @@ WORKSPACE_BYTES = 1 << 30
 
 
 def installed_version() -> str:
-    return package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs")
+    found = package_version("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs")
+    if found == "not installed":  # JetPack's apt package may carry no pip metadata
+        import importlib.util
+
+        if importlib.util.find_spec("tensorrt") is not None:
+            try:
+                import tensorrt
+
+                return str(tensorrt.__version__)
+            except Exception:
+                return "unimportable"
+    return found
 
 
 def check() -> tuple[bool, str]:
