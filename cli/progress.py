@@ -39,6 +39,7 @@ class RichSearchObserver(SearchObserver):
         self._steps = 0
         self._epoch = 0
         self._step = 0
+        self._profile_tasks: dict[str, Any] = {}
 
     def __enter__(self) -> RichSearchObserver:
         self.progress.__enter__()
@@ -95,6 +96,15 @@ class RichSearchObserver(SearchObserver):
 
     def message(self, text: str) -> None:
         console.print(text)
+
+    def profiling(self, done: int, total: int, what: str) -> None:
+        """Latency profiling (before the search, when no LUT exists yet)."""
+        stage = "profile" if what != "whole networks" else "calibrate"
+        if self._profile_tasks.get(stage) is None:
+            self._profile_tasks[stage] = self.progress.add_task(
+                what[:30], total=max(total, 1), stage=stage, metrics="")
+        self.progress.update(self._profile_tasks[stage], completed=done, total=max(total, 1),
+                             description=what[:30])
 
 
 def print_summary(result: dict[str, Any], out: Path) -> None:

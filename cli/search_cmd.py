@@ -35,6 +35,18 @@ def search(
         None, help="Start from trained weights; skips the weight stage."
     ),
     device: str = typer.Option("cpu", help="Where to train: cpu, cuda or cuda:N."),
+    target: str = typer.Option("cpu", help="Target to measure on: a name (hwdnal targets) "
+                               "or a TOML file."),
+    budget: str | None = typer.Option(
+        None, help="Latency budget on the target: 20ms, 800us, 50% or 0.5x of the dense net."
+    ),
+    lut: str | None = typer.Option(None, help="Use this LUT instead of profiling first."),
+    force_lut: bool = typer.Option(False, help="Accept a LUT measured on another target."),
+    channel_step: int | None = typer.Option(
+        None, help="Keep channel counts multiples of N (default: the target's preference)."
+    ),
+    latency_rate: float = typer.Option(0.05, help="Dual-ascent rate of the latency weight."),
+    compile: bool = typer.Option(True, help="Measure the result on the target at the end."),
 ) -> None:
     """Learn which channels to keep with DNAL, prune them physically and finetune."""
     from hwdnal.cli.progress import RichSearchObserver, print_summary
@@ -46,11 +58,17 @@ def search(
         train_subset=train_subset, test_subset=test_subset, epochs_weights=epochs_weights,
         epochs_arch=epochs_arch, epochs_finetune=epochs_finetune, batch_size=batch_size,
         lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr, lambda_a=lambda_a, seed=seed,
-        weights=weights, device=device,
+        weights=weights, device=device, target=target, budget=budget, lut=lut,
+        force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
+        compile=compile,
     )
     _check_positive(epochs_weights=epochs_weights, epochs_arch=epochs_arch,
                     epochs_finetune=epochs_finetune, batch_size=batch_size)
     _check_device(device)
+    if budget is not None:
+        from hwdnal.budget import parse_budget
+
+        parse_budget(budget)  # a malformed budget fails before any work
     with GracefulStop() as stop, RichSearchObserver() as observer:
         result: dict[str, Any] = DnalSearch(config, out, observer, stop).run()
     print_summary(result, out)

@@ -1,4 +1,8 @@
-"""Latency budgets: absolute (``20ms``, ``800us``) or relative to the dense network (``50%``, ``0.5x``)."""
+"""Latency budgets: absolute (``20ms``, ``800us``) or relative to the dense network (``50%``).
+
+A relative budget (``50%`` or ``0.5x``) is a fraction of the dense network's latency as
+measured on the target at the start of the search.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from dataclasses import dataclass
 
 from hwdnal.errors import UserError
 
-_PATTERN = re.compile(r"^\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|µs|s|%|x)\s*$")
+_PATTERN = re.compile(
+    r"^\s*(?P<value>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>ms|us|µs|s|%|x)\s*$"
+)
 _MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
 
 

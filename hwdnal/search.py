@@ -15,7 +15,6 @@ the engine knows nothing of how they are computed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,26 @@ from torch import nn
 
 from hwdnal import __version__
 from hwdnal.atomic import save_torch
+from hwdnal.budget import parse_budget
+from hwdnal.budgeting import (
+    LatencyConstraint,
+    TargetLatency,
+    final_latency,
+    fit_to_budget,
+    prepare_target_latency,
+)
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import DataSpec, load_data, steps_per_epoch
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import DeltaSchedule, GateMode
 from hwdnal.interrupt import GracefulStop, Interrupted
+from hwdnal.latency.alignment import align_keep_mask
+from hwdnal.loss_terms import GateLossTerm, SparsityTerm
 from hwdnal.models import create_model
 from hwdnal.prune import prune_physically
 from hwdnal.run import RunDir
+from hwdnal.targets import load_target
 from hwdnal.train import LossTerm, evaluate, train_epoch
 
 STAGES = ("weights", "architecture", "prune", "finetune")
@@ -60,6 +70,14 @@ class SearchConfig:
     weights: str | None = None
     channels_last: bool = True
     device: str = "cpu"
+    target: str = "cpu"
+    budget: str | None = None
+    lut: str | None = None
+    force_lut: bool = False
+    #: keep each group's channel count a multiple of this (None: the target's preference)
+    channel_step: int | None = None
+    latency_rate: float = 0.05
+    compile: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,40 +98,7 @@ class SearchObserver:
 
     def message(self, text: str) -> None: ...
 
-
-@dataclass
-class SparsityTerm:
-    """DNAL's λa term, read on sigmoid(s) so that it stays alive as δ grows."""
-
-    gated: GatedModel
-    weight: float
-    name: str = "sparsity"
-
-    def value(self) -> torch.Tensor:
-        return self.gated.sparsity()
-
-
-@dataclass
-class GateLossTerm:
-    """An extra term computed from the gated model, e.g. the predicted latency."""
-
-    name: str
-    weight: float
-    compute: Callable[[GatedModel], torch.Tensor]
-    gated: GatedModel | None = None
-    #: called after every step with the term's value, e.g. to adapt ``weight``
-    after_step: Callable[[GateLossTerm, float], None] | None = None
-
-    def value(self) -> torch.Tensor:
-        assert self.gated is not None, "the term is bound to the gated model by the engine"
-        return self.compute(self.gated)
-
-
-@dataclass
-class StageRecord:
-    name: str
-    epochs: int
-    seconds: float = 0.0
+    def profiling(self, done: int, total: int, what: str) -> None: ...
 
 
 @dataclass
@@ -122,6 +107,11 @@ class _Progress:
     stages: list[dict[str, Any]] = field(default_factory=list)
     dense_accuracy: float | None = None
     arch_history: list[dict[str, float]] = field(default_factory=list)
+    arch_curve: list[dict[str, float]] = field(default_factory=list)
+    latency: dict[str, Any] | None = None
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    fit_rounds: list[dict[str, float]] = field(default_factory=list)
 
 
 class DnalSearch:
@@ -139,6 +129,7 @@ class DnalSearch:
         self.extra_terms: list[GateLossTerm] = []
         self.data: DataSpec | None = None
         self.resumed = False
+        self.latency: TargetLatency | None = None
 
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.requested
@@ -168,36 +159,70 @@ class DnalSearch:
             done = ", ".join(progress.finished)
             self.observer.message(f"resuming {self.run_dir.path}: finished {done}")
 
+        self.latency = self._prepare_latency(progress)
         dense = self._stage_weights(progress)
         dense_params, dense_macs = params_and_macs(dense, self._example())
         gated = self._stage_architecture(progress, dense)
-        groups = gated.kept_per_group()
         pruned = self._stage_prune(progress, gated)
         pruned = self._stage_finetune(progress, pruned)
 
         pruned_params, pruned_macs = params_and_macs(pruned, self._example())
         pruned_accuracy = evaluate(pruned, self.data)
-        result = {
+        result: dict[str, Any] = {
             "hwdnal": __version__,
             "model": config.model,
             "data": config.data,
             "input_shape": list(self._example().shape),
-            "dense": {
-                "accuracy": progress.dense_accuracy,
-                "params": dense_params,
-                "macs": dense_macs,
-            },
+            "dense": {"accuracy": progress.dense_accuracy, "params": dense_params,
+                      "macs": dense_macs},
             "pruned": {"accuracy": pruned_accuracy, "params": pruned_params, "macs": pruned_macs},
-            "budget_ms": None,
-            "target": None,
-            "groups": groups,
+            "budget": config.budget,
+            "budget_ms": self.latency.budget_ms,
+            "target": {"name": self.latency.target.name,
+                       "fingerprint": self.latency.target.fingerprint()},
+            "groups": progress.groups,
+            "layers": progress.layers,
             "stages": progress.stages,
             "arch_history": progress.arch_history,
+            "arch_curve": progress.arch_curve,
+            "fit_rounds": progress.fit_rounds,
             "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
                           "config": "config.json"},
         }
+        if self.latency.lut_path:
+            result["lut"] = self.latency.lut_path
+        if config.compile:
+            self._stage_compile(progress, dense, pruned, result)
         self.run_dir.write_result(result)
         return result
+
+    # -- the target: LUT, dense latency, budget ------------------------------------------
+    def _prepare_latency(self, progress: _Progress) -> TargetLatency:
+        config = self.config
+        target = load_target(config.target)
+        if config.compile or config.budget:
+            usable, why = target.usable()
+            if not usable:
+                raise UserError(f"target '{target.name}' cannot be measured here: {why}")
+        budget = parse_budget(config.budget) if config.budget else None
+        latency = prepare_target_latency(
+            target, self._new_model(), config.model, self._example(1).cpu(), budget,
+            config.lut, config.force_lut, config.channel_step, known=progress.latency,
+            report=self.observer.profiling,
+        )
+        if progress.latency is None:
+            progress.latency = latency.facts()
+            self._save_progress(progress)
+        if latency.budget_ms is not None:
+            assert latency.latency_model is not None
+            self.observer.message(
+                f"budget {latency.budget_ms:.3f} ms on '{target.name}' (dense network "
+                f"{latency.dense_ms:.3f} ms, smallest reachable {latency.smallest_ms:.3f} ms)"
+            )
+            constraint = LatencyConstraint(latency.latency_model, latency.budget_ms,
+                                           rate=config.latency_rate)
+            self.add_loss_term(constraint.term())
+        return latency
 
     def _example(self, batch: int = 1) -> torch.Tensor:
         assert self.data is not None
@@ -207,7 +232,8 @@ class DnalSearch:
         self.run_dir.save_state(asdict(progress))
 
     def _finish_stage(self, progress: _Progress, name: str, epochs: int, seconds: float) -> None:
-        progress.finished.append(name)
+        if name not in progress.finished:
+            progress.finished.append(name)
         progress.stages = [s for s in progress.stages if s["name"] != name]
         progress.stages.append({"name": name, "epochs": epochs, "seconds": round(seconds, 2)})
         self._save_progress(progress)
@@ -312,6 +338,8 @@ class DnalSearch:
         first_epoch, first_step = _resume_position(checkpoint, steps)
         self.observer.stage_started("architecture", epochs, steps, first_epoch, first_step)
         gated.set_delta(schedule(first_epoch * steps + first_step))
+        curve_every = max(1, (epochs * steps) // 200)
+        budget_ms = self.latency.budget_ms if self.latency else None
 
         for epoch in range(first_epoch, epochs):
 
@@ -321,8 +349,18 @@ class DnalSearch:
                         term.after_step(term, values[term.name])
                 gated.set_delta(schedule(epoch * steps + step + 1))
                 kept = int(gated.gate.binary().sum())
-                self.observer.step("architecture", {**values, "delta": gated.gate.delta,
-                                                    "kept": kept})
+                shown = {**values, "delta": gated.gate.delta, "kept": kept}
+                if budget_ms is not None and "latency" in values:
+                    shown["latency_ms"] = values["latency"] * budget_ms
+                global_step = epoch * steps + step
+                if global_step % curve_every == 0 or global_step == epochs * steps - 1:
+                    point = {"step": global_step, "delta": gated.gate.delta,
+                             "loss": values["loss"], "kept": kept}
+                    if "latency_ms" in shown:
+                        point["predicted_latency_ms"] = shown["latency_ms"]
+                        point["latency_weight"] = self.extra_terms[0].weight
+                    progress.arch_curve.append(point)
+                self.observer.step("architecture", shown)
 
             stats = train_epoch(
                 gated, self.data, optimizer, config.batch_size,
@@ -338,6 +376,7 @@ class DnalSearch:
                     "step": stats.steps_done, "delta": gated.gate.delta,
                     "term_weights": [term.weight for term in self.extra_terms],
                 })
+                self._save_progress(progress)
                 self._stop_if_requested(False, "architecture", epoch, stats.steps_done)
             kept = int(gated.keep_mask().sum())
             summary = {"epoch": epoch, "delta": gated.gate.delta, "loss": stats.loss,
@@ -357,18 +396,86 @@ class DnalSearch:
 
     # -- stage 3: prune ------------------------------------------------------------------
     def _stage_prune(self, progress: _Progress, gated: GatedModel) -> nn.Module:
+        """Remove every channel whose gate is 0; with a budget, fit it on the device first."""
         if "prune" in progress.finished:
             checkpoint = self.run_dir.load_checkpoint("pruned_init")
             assert checkpoint is not None
             return checkpoint["model"].to(self.config.device)
         started = time.perf_counter()
         self.observer.stage_started("prune", 1, 1, 0)
+        latency = self.latency
+        assert latency is not None
+        keep = gated.keep_mask().cpu()
+        if latency.budget_ms is not None:
+            dense = _load_module(self.run_dir.path / "dense.pt")
+            keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu())
+            progress.fit_rounds = [r.to_dict() for r in rounds]
+            for r in rounds:
+                self.observer.message(
+                    f"fit round {r.round}: predicted {r.predicted_ms:.3f} ms, measured "
+                    f"{r.measured_ms:.3f} ms (budget {latency.budget_ms:.3f} ms)")
+        elif latency.channel_step > 1:
+            keep = align_keep_mask(gated, keep, latency.channel_step)
+        gated.set_keep_mask(keep.to(gated.gate.s.device))
+        progress.groups = gated.kept_per_group()
+        progress.layers = self._layer_table(gated)
         pruned = prune_physically(gated)
         for parameter in pruned.parameters():
             parameter.requires_grad_(True)
         self.run_dir.save_checkpoint("pruned_init", {"model": pruned})
         self._finish_stage(progress, "prune", 0, time.perf_counter() - started)
         return pruned
+
+    def _layer_table(self, gated: GatedModel) -> list[dict[str, Any]]:
+        """Per conv/linear layer: channels before and after, and LUT latency when known."""
+        model = self.latency.latency_model if self.latency else None
+        rows = []
+        for counts in gated.channel_counts(hard=True):
+            layer = gated.plan.layers[counts.name]
+            row: dict[str, Any] = {
+                "name": counts.name,
+                "dense_in": int(layer.in_gate_index.numel()),
+                "dense_out": int(layer.out_gate_index.numel()),
+                "pruned_in": int(counts.in_channels),
+                "pruned_out": int(counts.out_channels),
+            }
+            if model is not None and counts.name in model.lut.layers:
+                with torch.no_grad():
+                    row["dense_lut_ms"] = float(model.layer_latency(
+                        counts.name, row["dense_in"], row["dense_out"]))
+                    row["pruned_lut_ms"] = float(model.layer_latency(
+                        counts.name, row["pruned_in"], row["pruned_out"]))
+            rows.append(row)
+        return rows
+
+    # -- stage 5: compile and measure ------------------------------------------------------
+    def _stage_compile(self, progress: _Progress, dense: nn.Module, pruned: nn.Module,
+                       result: dict[str, Any]) -> None:
+        """Measure dense and pruned interleaved on the target; record latency and speedup."""
+        started = time.perf_counter()
+        latency = self.latency
+        assert latency is not None
+        self.observer.stage_started("compile", 1, 1, 0)
+        dense_measured, pruned_measured = final_latency(dense, pruned, latency)
+        result["dense"]["latency_ms"] = dense_measured.median_ms
+        result["dense"]["latency_p90_ms"] = dense_measured.p90_ms
+        result["pruned"]["latency_ms"] = pruned_measured.median_ms
+        result["pruned"]["latency_p90_ms"] = pruned_measured.p90_ms
+        if latency.latency_model is not None:
+            result["pruned"]["predicted_latency_ms"] = latency.latency_model.predict_module(
+                pruned.cpu())
+            pruned.to(self.config.device)
+        result["speedup"] = dense_measured.median_ms / pruned_measured.median_ms
+        if latency.budget_ms is not None:
+            result["budget_met"] = pruned_measured.median_ms <= latency.budget_ms
+            if not result["budget_met"]:
+                self.observer.message(
+                    f"warning: the final measurement, {pruned_measured.median_ms:.3f} ms, is "
+                    f"over the budget of {latency.budget_ms:.3f} ms (the fit measured "
+                    f"{progress.fit_rounds[-1]['measured_ms']:.3f} ms): the device is noisy; "
+                    "re-measure with hwdnal bench")
+        self._finish_stage(progress, "compile", 0, time.perf_counter() - started)
+        result["stages"] = progress.stages
 
     # -- stage 4: finetune ---------------------------------------------------------------
     def _stage_finetune(self, progress: _Progress, pruned: nn.Module) -> nn.Module:

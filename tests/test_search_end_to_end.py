@@ -33,7 +33,7 @@ def test_search_runs_all_four_stages_and_removes_channels(tmp_path: Path):
 
     result = json.loads((run / "result.json").read_text())
     assert [stage["name"] for stage in result["stages"]] == [
-        "weights", "architecture", "prune", "finetune"]
+        "weights", "architecture", "prune", "finetune", "compile"]
     for part in ("dense", "pruned"):
         assert 0.0 <= result[part]["accuracy"] <= 1.0
         assert result[part]["params"] > 0 and result[part]["macs"] > 0
@@ -76,7 +76,7 @@ def test_a_run_killed_after_the_weight_stage_resumes_there(tmp_path: Path):
     assert (run / "dense.pt").read_bytes() == dense_before, "the weight stage must not rerun"
     result = json.loads((run / "result.json").read_text())
     assert [s["name"] for s in result["stages"]] == ["weights", "architecture", "prune",
-                                                     "finetune"]
+                                                     "finetune", "compile"]
 
 
 def test_sigterm_in_the_architecture_stage_saves_and_the_rerun_resumes_mid_epoch(

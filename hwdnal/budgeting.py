@@ -1,0 +1,328 @@
+"""Landing a search on a latency budget: the adaptive latency term and the fit to budget.
+
+Two pieces, used by the search engine:
+
+- :class:`LatencyConstraint` adds ``w · predicted/budget`` to the architecture stage's loss
+  and adapts ``w`` by dual ascent after every step: it grows while the predicted latency is
+  over the budget and shrinks (to 0 at least) while under, so the binarised architecture
+  ends near the budget rather than far below it (a fixed weight would push on regardless).
+- :func:`fit_to_latency` turns the learned gates into an architecture whose predicted
+  latency is at a given target: per gate group it keeps the channels with the highest gate
+  parameters s, in steps of the target's preferred channel multiple, removing where the
+  latency saved per unit of importance lost is largest, and adding back (while it fits)
+  where the importance regained per unit of latency is largest. The engine calls it, then
+  measures the result on the device and corrects the target, a bounded number of rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwdnal.budget import Budget
+from hwdnal.errors import UserError
+from hwdnal.gated import GatedModel
+from hwdnal.latency.predictor import LatencyModel
+from hwdnal.loss_terms import GateLossTerm
+from hwdnal.prune import prune_physically
+from hwdnal.runtimes.measure import Measurement
+from hwdnal.targets import Target
+
+
+@dataclass
+class LatencyConstraint:
+    """Dual ascent on ``predicted latency ≤ budget`` (the multiplier is the term's weight)."""
+
+    model: LatencyModel
+    budget_ms: float
+    rate: float = 0.05
+    #: aim a little under the budget: the device measurement is the judge, not the LUT
+    aim: float = 0.97
+    history: list[float] = field(default_factory=list)
+
+    def term(self) -> GateLossTerm:
+        return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self._ascend)
+
+    def _relative_latency(self, gated: GatedModel) -> torch.Tensor:
+        return self.model.predict_gated(gated) / self.budget_ms
+
+    def _ascend(self, term: GateLossTerm, relative: float) -> None:
+        term.weight = max(0.0, term.weight + self.rate * (relative - self.aim))
+        self.history.append(relative * self.budget_ms)
+
+
+def group_counts(gated: GatedModel, keep: torch.Tensor) -> list[int]:
+    return [int(keep[g.start : g.stop].sum()) for g in gated.plan.groups]
+
+
+def minimal_counts(gated: GatedModel, multiple: int) -> list[int]:
+    """The smallest architecture allowed: one step (or the whole group, if smaller) each."""
+    return [min(max(multiple, 1), group.size) for group in gated.plan.groups]
+
+
+def predicted_ms(gated: GatedModel, model: LatencyModel, keep: torch.Tensor) -> float:
+    """Predicted latency of the architecture ``keep`` (the gates are left as they were)."""
+    saved_s, saved_delta = gated.gate.s.detach().clone(), gated.gate.delta
+    try:
+        with torch.no_grad():
+            gated.set_keep_mask(keep)
+            return float(model.predict_gated(gated, hard=True))
+    finally:
+        with torch.no_grad():
+            gated.gate.s.copy_(saved_s)
+        gated.set_delta(saved_delta)
+
+
+def fit_to_latency(
+    gated: GatedModel,
+    model: LatencyModel,
+    target_ms: float,
+    multiple: int,
+    start: torch.Tensor,
+) -> torch.Tensor:
+    """The keep mask nearest ``start`` whose predicted latency is at most ``target_ms``."""
+    scores = gated.gate.s.detach().cpu().clone()
+    importance = torch.sigmoid(scores * 4)  # s ranks channels; squash so no single one dominates
+    step = max(multiple, 1)
+    floor = minimal_counts(gated, multiple)
+    counts = [_aligned(c, g.size, step) for c, g in zip(group_counts(gated, start),
+                                                        gated.plan.groups, strict=True)]
+    ranked = _ranked(gated)
+
+    def latency(candidate: list[int]) -> float:
+        return predicted_ms(gated, model, _mask(gated, ranked, candidate))
+
+    def worth(group: int, low: int, high: int) -> float:
+        g = gated.plan.groups[group]
+        return float(importance[g.start + ranked[group][low:high]].sum())
+
+    current = latency(counts)
+    while current > target_ms:  # trim: most latency saved per importance lost
+        best, best_ratio, best_latency = None, -1.0, current
+        for index in range(len(gated.plan.groups)):
+            new_count = max(counts[index] - step, floor[index])
+            if new_count >= counts[index]:
+                continue
+            trial = counts.copy()
+            trial[index] = new_count
+            trial_latency = latency(trial)
+            saved = current - trial_latency
+            ratio = saved / (1e-6 + worth(index, new_count, counts[index]))
+            if ratio > best_ratio:
+                best, best_ratio, best_latency = (index, new_count), ratio, trial_latency
+        if best is None:
+            break  # the smallest allowed architecture: the caller checks feasibility
+        counts[best[0]] = best[1]
+        current = best_latency
+    while True:  # grow back while it fits: most importance regained per latency spent
+        best, best_ratio, best_latency = None, -1.0, current
+        for index, group in enumerate(gated.plan.groups):
+            new_count = min(counts[index] + step, group.size)
+            if new_count <= counts[index]:
+                continue
+            trial = counts.copy()
+            trial[index] = new_count
+            trial_latency = latency(trial)
+            if trial_latency > target_ms:
+                continue
+            cost = max(trial_latency - current, 1e-6)
+            ratio = worth(index, counts[index], new_count) / cost
+            if ratio > best_ratio:
+                best, best_ratio, best_latency = (index, new_count), ratio, trial_latency
+        if best is None:
+            break
+        counts[best[0]] = best[1]
+        current = best_latency
+    return _mask(gated, ranked, counts)
+
+
+def _aligned(count: int, size: int, step: int) -> int:
+    if step <= 1 or size <= step:
+        return min(max(count, 1), size)
+    return min(size, max(step, step * round(count / step)))
+
+
+def _mask(gated: GatedModel, ranked: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+    keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
+    for group, order, count in zip(gated.plan.groups, ranked, counts, strict=True):
+        keep[group.start + order[:count]] = True
+    return keep
+
+
+def subnetwork(dense: nn.Module, keep: torch.Tensor, example: torch.Tensor) -> nn.Module:
+    """A physically pruned copy of ``dense`` keeping ``keep`` (the dense net is untouched)."""
+    gated = GatedModel(copy.deepcopy(dense).cpu(), example.cpu())
+    gated.set_keep_mask(keep)
+    return prune_physically(gated).eval()
+
+
+# -- the engine's view: one object holding what the search knows about its target ---------
+@dataclass
+class TargetLatency:
+    """The target, its LUT model, the dense latency and the budget, for one search."""
+
+    target: Target
+    input_shape: tuple[int, ...]
+    channel_step: int
+    dense_ms: float
+    latency_model: LatencyModel | None = None
+    lut_path: str | None = None
+    budget_ms: float | None = None
+    smallest_ms: float | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """What the run records (and reuses on resume rather than measuring again)."""
+        return {"dense_ms": self.dense_ms, "budget_ms": self.budget_ms,
+                "smallest_ms": self.smallest_ms, "lut": self.lut_path}
+
+
+Reporter = Callable[[int, int, str], None]
+
+
+def prepare_target_latency(
+    target: Target,
+    model: nn.Module,
+    model_name: str,
+    example: torch.Tensor,
+    budget: Budget | None,
+    lut_path: str | None,
+    force_lut: bool,
+    channel_step: int | None,
+    known: dict[str, Any] | None,
+    report: Reporter | None = None,
+) -> TargetLatency:
+    """Load or profile the LUT, measure the dense network, resolve and check the budget.
+
+    ``model`` only lends its architecture: latency does not depend on the weights. With
+    ``known`` (a resumed run) nothing is measured again.
+    """
+    from hwdnal.latency.lut import load_lut
+    from hwdnal.latency.pipeline import default_lut_path, input_shape_for, profile_model
+
+    input_shape = input_shape_for(target.batch, example.shape[1], tuple(example.shape[2:]))
+    step = target.profile.preferred_channel_step if channel_step is None else channel_step
+    model = copy.deepcopy(model).cpu().eval()
+    latency_model = None
+    if budget is not None or lut_path:
+        if lut_path:
+            lut = load_lut(lut_path, target, force=force_lut)
+        else:
+            path = default_lut_path(model_name, target.name, input_shape)
+            if path.exists():
+                lut = load_lut(path, target, force=force_lut)
+            else:
+                lut = profile_model(target, model, model_name, tuple(input_shape[2:]),
+                                    input_shape[1], out=path, progress=report).lut
+            lut_path = str(path)
+        latency_model = LatencyModel(lut)
+    if known:
+        return TargetLatency(target, input_shape, step, known["dense_ms"], latency_model,
+                             lut_path, known["budget_ms"], known["smallest_ms"])
+    gated = GatedModel(copy.deepcopy(model), example.cpu())
+    smallest = subnetwork(model, _mask(gated, _ranked(gated), minimal_counts(gated, step)),
+                          example)
+    dense_measured, smallest_measured = _measure_together(target, [model, smallest],
+                                                          input_shape)
+    dense_ms = dense_measured.median_ms
+    result = TargetLatency(target, input_shape, step, dense_ms, latency_model, lut_path)
+    if budget is None:
+        return result
+    result.budget_ms = budget.resolve(dense_ms)
+    result.smallest_ms = smallest_measured.median_ms
+    if result.smallest_ms > result.budget_ms:
+        raise UserError(
+            f"budget {result.budget_ms:.3f} ms ({budget.text}) is below the smallest reachable "
+            f"latency: {result.smallest_ms:.3f} ms on target '{target.name}' (every group at "
+            f"{step} channel(s); the dense network measures {dense_ms:.3f} ms): raise "
+            f"--budget to at least {result.smallest_ms:.3f}ms"
+        )
+    return result
+
+
+def _ranked(gated: GatedModel) -> list[torch.Tensor]:
+    scores = gated.gate.s.detach().cpu()
+    return [torch.argsort(scores[g.start : g.stop], descending=True) for g in gated.plan.groups]
+
+
+@dataclass
+class FitRound:
+    round: int
+    target_ms: float
+    predicted_ms: float
+    measured_ms: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"round": self.round, "target_ms": round(self.target_ms, 4),
+                "predicted_ms": round(self.predicted_ms, 4),
+                "measured_ms": round(self.measured_ms, 4)}
+
+
+def fit_to_budget(
+    gated: GatedModel,
+    dense: nn.Module,
+    latency: TargetLatency,
+    example: torch.Tensor,
+    rounds: int = 6,
+) -> tuple[torch.Tensor, list[FitRound]]:
+    """Measure on the device until the architecture lands within [90%, 100%] of the budget.
+
+    Each round fits the gates to a predicted-latency target, prunes a copy of ``dense``,
+    measures it on the target and rescales the target by how far the measurement was from
+    96% of the budget. Keeps the best architecture within budget; none after ``rounds`` is
+    a clear error (the run stays resumable at this stage).
+    """
+    assert latency.latency_model is not None and latency.budget_ms is not None
+    budget = latency.budget_ms
+    start = gated.keep_mask().cpu()
+    runtime = latency.target.create_runtime()
+    target_ms = budget * 0.97
+    history: list[FitRound] = []
+    best: tuple[torch.Tensor, float] | None = None
+    for number in range(1, rounds + 1):
+        keep = fit_to_latency(gated, latency.latency_model, target_ms, latency.channel_step,
+                              start)
+        predicted = predicted_ms(gated, latency.latency_model, keep)
+        candidate = subnetwork(dense, keep, example)
+        measured = latency.target.measure(candidate, latency.input_shape, runtime).median_ms
+        history.append(FitRound(number, target_ms, predicted, measured))
+        if measured <= budget and (best is None or measured > best[1]):
+            best = (keep, measured)
+        if best is not None and best[1] >= 0.9 * budget:
+            break
+        target_ms *= 0.96 * budget / measured
+    if best is None:
+        tried = ", ".join(f"{r.measured_ms:.3f}" for r in history)
+        raise UserError(
+            f"no architecture measured within the budget of {budget:.3f} ms after {rounds} "
+            f"rounds (measured {tried} ms): the device's timings may be noisy; re-run the "
+            "same command to try again from this stage, or give a larger --budget"
+        )
+    return best[0], history
+
+
+def final_latency(
+    dense: nn.Module, pruned: nn.Module, latency: TargetLatency
+) -> tuple[Measurement, Measurement]:
+    """Dense and pruned networks measured interleaved on the target: a fair ratio."""
+    dense_ms, pruned_ms = _measure_together(latency.target, [dense, pruned], latency.input_shape)
+    return dense_ms, pruned_ms
+
+
+def _measure_together(
+    target: Target, networks: list[nn.Module], input_shape: tuple[int, ...]
+) -> list[Measurement]:
+    """Interleaved measurement after a discarded warm-up round (cold caches, thread pools
+    and clock ramps inflate whatever is measured first in a process)."""
+    from hwdnal.runtimes.measure import measure_interleaved
+
+    runtime = target.create_runtime()
+    compiled = [runtime.compile(copy.deepcopy(net).cpu().eval(), input_shape)
+                for net in networks]
+    measure_interleaved(compiled, target.warmup, target.iterations, min_seconds=0.2)
+    return measure_interleaved(compiled, target.warmup, target.iterations,
+                               min_seconds=target.min_seconds)

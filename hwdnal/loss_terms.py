@@ -1,0 +1,41 @@
+"""Terms added to the cross-entropy in the architecture stage.
+
+A term has a ``name``, a ``weight`` (read at every step, so it may adapt) and a ``value()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from hwdnal.gated import GatedModel
+
+
+@dataclass
+class SparsityTerm:
+    """DNAL's λa term, read on sigmoid(s) so that it stays alive as δ grows."""
+
+    gated: GatedModel
+    weight: float
+    name: str = "sparsity"
+
+    def value(self) -> torch.Tensor:
+        return self.gated.sparsity()
+
+
+@dataclass
+class GateLossTerm:
+    """An extra term computed from the gated model, e.g. the predicted latency."""
+
+    name: str
+    weight: float
+    compute: Callable[[GatedModel], torch.Tensor]
+    gated: GatedModel | None = None
+    #: called after every step with the term's value, e.g. to adapt ``weight``
+    after_step: Callable[[GateLossTerm, float], None] | None = None
+
+    def value(self) -> torch.Tensor:
+        assert self.gated is not None, "the term is bound to the gated model by the engine"
+        return self.compute(self.gated)

@@ -1,0 +1,120 @@
+"""Budgets: parsing, the adaptive latency term, fitting to a predicted latency, infeasibility."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwdnal.budget import parse_budget
+from hwdnal.budgeting import LatencyConstraint, fit_to_latency, predicted_ms
+from hwdnal.errors import UserError
+from hwdnal.gated import GatedModel
+from hwdnal.models import create_model
+
+
+@pytest.mark.parametrize(("text", "ms", "fraction"), [
+    ("20ms", 20.0, None), ("800us", 0.8, None), ("0.5s", 500.0, None), ("1.5 ms", 1.5, None),
+    ("50%", None, 0.5), ("0.5x", None, 0.5), ("12.5%", None, 0.125),
+])
+def test_budgets_parse(text: str, ms: float | None, fraction: float | None):
+    budget = parse_budget(text)
+    assert budget.milliseconds == (pytest.approx(ms) if ms else None)
+    assert budget.fraction == (pytest.approx(fraction) if fraction else None)
+    assert budget.resolve(10.0) == pytest.approx(ms if ms else 10.0 * fraction)
+
+
+@pytest.mark.parametrize("text", ["", "20", "fast", "-5ms", "0ms", "150%", "1x", "20 mss"])
+def test_malformed_budgets_are_one_clear_error(text: str):
+    with pytest.raises(UserError, match="budget"):
+        parse_budget(text)
+
+
+class _LinearLatency:
+    """A stand-in LUT model with a known form: latency grows with every kept channel."""
+
+    def predict_gated(self, gated: GatedModel, hard: bool = False) -> torch.Tensor:
+        counts = gated.channel_counts(hard=hard)
+        return sum(c.in_channels * c.out_channels for c in counts) / 1e4
+
+
+def test_latency_weight_rises_over_budget_and_falls_under_it():
+    constraint = LatencyConstraint(model=_LinearLatency(), budget_ms=10.0, rate=0.1)
+    term = constraint.term()
+    constraint._ascend(term, 1.5)
+    assert term.weight > 0
+    raised = term.weight
+    constraint._ascend(term, 0.5)
+    assert term.weight < raised
+    for _ in range(20):
+        constraint._ascend(term, 0.2)
+    assert term.weight == 0.0, "the multiplier never goes negative"
+
+
+def test_fit_to_latency_lands_under_the_target_and_uses_it():
+    model = create_model("resnet20", 10, 3)
+    gated = GatedModel(model, torch.randn(1, 3, 16, 16))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gated.gate.s.copy_(torch.randn(gated.plan.num_gates))
+    start = torch.ones(gated.plan.num_gates, dtype=torch.bool)
+    latency = _LinearLatency()
+    full = predicted_ms(gated, latency, start)
+    s_before = gated.gate.s.detach().clone()
+
+    keep = fit_to_latency(gated, latency, 0.5 * full, multiple=4, start=start)
+
+    fitted = predicted_ms(gated, latency, keep)
+    assert fitted <= 0.5 * full
+    assert fitted >= 0.4 * full, "no more is removed than the target needs"
+    assert torch.equal(gated.gate.s, s_before), "fitting leaves the gates as they were"
+    for group in gated.plan.groups:
+        kept = int(keep[group.start : group.stop].sum())
+        assert kept % 4 == 0 or kept == group.size
+        # within a group, the kept channels are those with the highest gate parameters
+        part_s = s_before[group.start : group.stop]
+        if 0 < kept < group.size:
+            assert part_s[keep[group.start : group.stop]].min() >= part_s[
+                ~keep[group.start : group.stop]].max()
+
+
+@pytest.mark.slow
+def test_an_infeasible_budget_exits_2_naming_the_smallest_reachable_latency(tmp_path: Path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(tmp_path / "run"),
+         "--data", "synthetic", "--input-size", "16", "--budget", "1us",
+         "--train-subset", "256", "--test-subset", "128"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "smallest reachable latency" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "dense.pt").exists(), "it stops before any training"
+
+
+@pytest.mark.slow
+def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run),
+         "--data", "synthetic", "--input-size", "16", "--budget", "60%",
+         "--train-subset", "512", "--test-subset", "128", "--batch-size", "64",
+         "--epochs-weights", "1", "--epochs-arch", "2", "--epochs-finetune", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["budget"] == "60%"
+    assert result["budget_ms"] == pytest.approx(0.6 * json.loads(
+        (run / "state.json").read_text())["latency"]["dense_ms"])
+    for key in ("latency_ms", "predicted_latency_ms"):
+        assert result["pruned"][key] > 0
+    assert result["dense"]["latency_ms"] > 0 and result["speedup"] > 0
+    assert result["fit_rounds"] and result["fit_rounds"][-1]["measured_ms"] > 0
+    assert result["target"]["name"] == "cpu" and result["target"]["fingerprint"]
+    assert any("predicted_latency_ms" in point for point in result["arch_curve"])
+    assert len(result["layers"]) > 0 and "pruned_lut_ms" in result["layers"][0]
+    assert "budget_met" in result
