@@ -88,7 +88,7 @@ def test_an_infeasible_budget_exits_2_naming_the_smallest_reachable_latency(tmp_
         [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(tmp_path / "run"),
          "--data", "synthetic", "--input-size", "16", "--budget", "1us",
          "--train-subset", "256", "--test-subset", "128"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "smallest reachable latency" in done.stderr and "Traceback" not in done.stderr
@@ -103,7 +103,7 @@ def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
          "--data", "synthetic", "--input-size", "16", "--budget", "60%",
          "--train-subset", "512", "--test-subset", "128", "--batch-size", "64",
          "--epochs-weights", "1", "--epochs-arch", "2", "--epochs-finetune", "1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((run / "result.json").read_text())

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,13 +16,15 @@ import torch
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fashion_mnist_available")]
 
+_SCRATCH = Path(tempfile.mkdtemp(prefix="hwdnal-e2e-"))
 SMALL = ["--train-subset", "1536", "--test-subset", "1000", "--batch-size", "64",
          "--epochs-weights", "2", "--epochs-arch", "1", "--epochs-finetune", "1"]
 
 
 def hwdnal(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a scratch folder (LUTs land in ./profiles)."""
     done = subprocess.run([sys.executable, "-m", "hwdnal.cli.app", *args],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, cwd=_SCRATCH)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -57,8 +60,8 @@ def test_search_runs_all_four_stages_and_removes_channels(tmp_path: Path):
 def test_a_run_killed_after_the_weight_stage_resumes_there(tmp_path: Path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run), *SMALL]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(args, cwd=_SCRATCH, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     state = run / "state.json"
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
@@ -85,7 +88,8 @@ def test_sigterm_in_the_architecture_stage_saves_and_the_rerun_resumes_mid_epoch
     run = tmp_path / "run"
     options = [*SMALL[:-4], "--epochs-arch", "3", "--epochs-finetune", "1"]
     args = [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run), *options]
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(args, cwd=_SCRATCH, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     for line in process.stderr:
         if "weights finished" in line:
