@@ -53,6 +53,6 @@ def parse_budget(text: str) -> Budget:
     if fraction >= 1:
         raise UserError(
             f"--budget '{text}' asks for at least the dense model's latency: nothing to prune; "
-            "give a fraction below 100% (e.g. 50%) or an absolute budget"
+            "give a fraction below 100% (e.g. 50%) or an absolute budget (e.g. 20ms)"
         )
     return Budget(text=text.strip(), fraction=fraction)

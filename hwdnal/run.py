@@ -7,7 +7,9 @@ with a different configuration is refused rather than mixing two searches.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,34 @@ class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run for this process's lifetime (or :meth:`unlock`).
+
+        Two searches writing one run directory would interleave checkpoints; the second is
+        refused instead.
+        """
+        lock_path = self.path / ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"{self.path} is in use by another hwdnal search (pid {holder}): wait for it "
+                "to finish, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock = fd
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
+            self._lock = None
 
     # -- configuration -------------------------------------------------------------------
     def open(self, config: dict[str, Any]) -> bool:
@@ -37,6 +67,7 @@ class RunDir:
                 f"cannot create run directory {self.path}: {error.strerror}; choose a "
                 "writable --out"
             ) from None
+        self.lock()
         if not config_path.exists():
             write_json(config_path, {"format": RUN_FORMAT, "hwdnal": __version__, **config})
             return False
@@ -51,6 +82,10 @@ class RunDir:
             if key not in RESUMABLE_CHANGES | {"format", "hwdnal"}
             and stored.get(key) != config.get(key)
         )
+        if different and not self._has_progress():
+            # nothing was computed under the old settings (it failed at once): start afresh
+            write_json(config_path, {"format": RUN_FORMAT, "hwdnal": __version__, **config})
+            return False
         if different:
             changes = ", ".join(f"{k}: {stored.get(k)!r} -> {config.get(k)!r}" for k in different)
             raise UserError(
@@ -58,6 +93,9 @@ class RunDir:
                 "same options to resume, or choose a new --out"
             )
         return True
+
+    def _has_progress(self) -> bool:
+        return (self.path / "state.json").exists() or any(self.checkpoints.glob("*.pt"))
 
     # -- progress ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

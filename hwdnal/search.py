@@ -24,7 +24,7 @@ from torch import nn
 
 from hwdnal import __version__
 from hwdnal.atomic import save_torch
-from hwdnal.budget import parse_budget
+from hwdnal.budget import Budget, parse_budget
 from hwdnal.budgeting import (
     LatencyConstraint,
     TargetLatency,
@@ -43,7 +43,7 @@ from hwdnal.loss_terms import GateLossTerm, SparsityTerm
 from hwdnal.models import create_model
 from hwdnal.prune import prune_physically
 from hwdnal.run import RunDir
-from hwdnal.targets import load_target
+from hwdnal.targets import Target, load_target
 from hwdnal.train import LossTerm, evaluate, train_epoch
 
 STAGES = ("weights", "architecture", "prune", "finetune")
@@ -130,6 +130,8 @@ class DnalSearch:
         self.data: DataSpec | None = None
         self.resumed = False
         self.latency: TargetLatency | None = None
+        self._target: Target | None = None
+        self._budget: Budget | None = None
 
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.requested
@@ -146,15 +148,33 @@ class DnalSearch:
 
     # -- the whole search ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """All stages, resuming where an earlier run of the same configuration stopped."""
+        self._check_inputs()
+        self.resumed = self.run_dir.open(self.config.to_json())
+        try:
+            return self._run()
+        finally:
+            self.run_dir.unlock()
+
+    def _check_inputs(self) -> None:
+        """Bad input fails here, before the run directory is touched."""
         config = self.config
-        self.resumed = self.run_dir.open(config.to_json())
-        state = self.run_dir.state()
-        progress = _Progress(**{k: state[k] for k in _Progress.__dataclass_fields__ if k in state})
-        torch.manual_seed(config.seed)
         self.data = load_data(
             config.data, config.data_dir, config.input_size, config.train_subset,
             config.test_subset, config.seed,
         )
+        self._target = load_target(config.target)
+        usable, why = self._target.usable()  # the dense network is measured on it first
+        if not usable:
+            raise UserError(f"target '{self._target.name}' cannot be measured here: {why}")
+        self._budget = parse_budget(config.budget) if config.budget else None
+        self._new_model()
+
+    def _run(self) -> dict[str, Any]:
+        config = self.config
+        state = self.run_dir.state()
+        progress = _Progress(**{k: state[k] for k in _Progress.__dataclass_fields__ if k in state})
+        torch.manual_seed(config.seed)
         if self.resumed and progress.finished:
             done = ", ".join(progress.finished)
             self.observer.message(f"resuming {self.run_dir.path}: finished {done}")
@@ -199,14 +219,10 @@ class DnalSearch:
     # -- the target: LUT, dense latency, budget ------------------------------------------
     def _prepare_latency(self, progress: _Progress) -> TargetLatency:
         config = self.config
-        target = load_target(config.target)
-        if config.compile or config.budget:
-            usable, why = target.usable()
-            if not usable:
-                raise UserError(f"target '{target.name}' cannot be measured here: {why}")
-        budget = parse_budget(config.budget) if config.budget else None
+        target = self._target
+        assert target is not None
         latency = prepare_target_latency(
-            target, self._new_model(), config.model, self._example(1).cpu(), budget,
+            target, self._new_model(), config.model, self._example(1).cpu(), self._budget,
             config.lut, config.force_lut, config.channel_step, known=progress.latency,
             report=self.observer.profiling,
         )

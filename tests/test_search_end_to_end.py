@@ -114,6 +114,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"format": 1, "model": "resnet56"}))
+    (run / "state.json").write_text(json.dumps({"finished": ["weights"]}))
     done = hwdnal("search", "--out", str(run), *SMALL, check=False)
     assert done.returncode == 2
     assert "other settings" in done.stderr and "Traceback" not in done.stderr
