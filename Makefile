@@ -21,10 +21,13 @@ $(VENV)/.installed: pyproject.toml
 data: install
 	@PYTHON=$(PY) sh scripts/get-fashion-mnist.sh
 
-# The main job: ResNet-20 on real Fashion-MNIST, local CPU, about 6 minutes on 2 cores.
+# The main job: ResNet-20 on real Fashion-MNIST pruned to half its latency on this CPU
+# (profiled, searched, fitted, finetuned, compiled, measured): about 7 minutes on 2 cores.
 demo: data
-	$(VENV)/bin/hwdnal search --model resnet20 --data fashion-mnist --out runs/demo \
-		--train-subset 20000 --epochs-weights 4 --epochs-arch 1 --epochs-finetune 3
+	$(VENV)/bin/hwdnal search --model resnet20 --data fashion-mnist --target cpu --budget 50% \
+		--out runs/demo --train-subset 20000 --epochs-weights 4 --epochs-arch 1 \
+		--epochs-finetune 3
+	$(VENV)/bin/hwdnal report runs/demo
 
 test: data
 	$(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \

@@ -11,7 +11,15 @@ import sys
 
 import typer
 
-from hwdnal.cli import lut_cmd, profile_cmd, search_cmd, targets_cmd
+from hwdnal.cli import (
+    bench_cmd,
+    compile_cmd,
+    lut_cmd,
+    profile_cmd,
+    report_cmd,
+    search_cmd,
+    targets_cmd,
+)
 
 app = typer.Typer(
     name="hwdnal",
@@ -34,6 +42,9 @@ search_cmd.register(app)
 targets_cmd.register(app)
 profile_cmd.register(app)
 lut_cmd.register(app)
+compile_cmd.register(app)
+bench_cmd.register(app)
+report_cmd.register(app)
 
 
 def main() -> None:

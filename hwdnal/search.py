@@ -467,12 +467,23 @@ class DnalSearch:
     # -- stage 5: compile and measure ------------------------------------------------------
     def _stage_compile(self, progress: _Progress, dense: nn.Module, pruned: nn.Module,
                        result: dict[str, Any]) -> None:
-        """Measure dense and pruned interleaved on the target; record latency and speedup."""
+        """Compile the pruned network for the target (ONNX; an engine on TensorRT targets),
+        check it against PyTorch, and measure it interleaved with the dense network."""
+        from hwdnal.compile import check_inputs_from, compile_network, compiled_dir
+
         started = time.perf_counter()
         latency = self.latency
-        assert latency is not None
+        assert latency is not None and self.data is not None
         self.observer.stage_started("compile", 1, 1, 0)
         dense_measured, pruned_measured = final_latency(dense, pruned, latency)
+        artifact = compile_network(
+            pruned, latency.input_shape, latency.target,
+            compiled_dir(self.run_dir.path, latency.target.name),
+            check_inputs=check_inputs_from(self.data, latency.input_shape),
+            measurement=pruned_measured,
+        )
+        result["artifacts"].update(artifact.artifact_paths(self.run_dir.path))
+        result["compiled"] = {latency.target.name: artifact.summary()}
         result["dense"]["latency_ms"] = dense_measured.median_ms
         result["dense"]["latency_p90_ms"] = dense_measured.p90_ms
         result["pruned"]["latency_ms"] = pruned_measured.median_ms

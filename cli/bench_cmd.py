@@ -1,0 +1,39 @@
+"""`hwdnal bench ARTIFACT --target T`: time an ONNX file or a TensorRT engine on a target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def bench(
+    artifact: Path = typer.Argument(..., help="An .onnx file or a TensorRT engine (.engine)."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name or .toml file."),
+) -> None:
+    """Measure the artifact with the target's warm-up and iterations: median and p90."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwdnal.compile import artifact_input_shape, artifact_kind, bench_artifact
+    from hwdnal.targets import load_target
+
+    spec = load_target(target)
+    kind = artifact_kind(artifact)
+    measurement = bench_artifact(artifact, spec)
+    shape = artifact_input_shape(artifact)
+    table = Table(title=f"hwdnal bench — {artifact.name} on {spec.name}")
+    for column in ("artifact", "input shape", "median (ms)", "p90 (ms)", "runs"):
+        table.add_column(column, justify="left" if column in ("artifact", "input shape")
+                         else "right")
+    table.add_row(
+        f"{artifact} ({kind})", str(list(shape)) if shape else "?",
+        f"{measurement.median_ms:.3f}", f"{measurement.p90_ms:.3f}", str(measurement.samples),
+    )
+    Console().print(table)
+    typer.echo(f"{spec.runtime}, {spec.precision}, batch {spec.batch}, "
+               f"{spec.threads} thread(s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,584 @@
+"""Compile a pruned network into what a user deploys, measure it on the target, say what it is.
+
+`hwdnal compile` and the end of `hwdnal search` come here. Every target gets a static-shape
+ONNX file, validated by onnx's checker and compared with PyTorch on the same inputs (the
+largest absolute difference is recorded; above ``atol`` the artifact is refused, because a
+deployed network that computes something else is worse than none). TensorRT targets also
+get an engine (FP16, or INT8 calibrated on the run's own images), built on the device that
+will run it. The deployable file is timed with the target's own settings, and a
+``manifest.json`` beside it records what it is, where it was measured and how fast it ran,
+so that an engine found on a disk months later still explains itself.
+
+torch is imported inside the functions: `hwdnal bench` on an ONNX file needs only ONNX
+Runtime, and starts in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwdnal import __version__
+from hwdnal.atomic import atomic_write, write_json
+from hwdnal.errors import UserError
+from hwdnal.runtimes.measure import Measurement, measure
+from hwdnal.targets import Target, load_target
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from hwdnal.data import DataSpec
+
+MANIFEST_FORMAT = 1
+#: the most an ONNX output may differ from PyTorch's before the artifact is refused
+ONNX_ATOL = 1e-4
+ONNX_NAME = "model.onnx"
+ENGINE_NAME = "model.engine"
+CALIBRATION_CACHE_NAME = "calibration.cache"
+MANIFEST_NAME = "manifest.json"
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+#: test images compared between PyTorch and the compiled network (plus random ones)
+CHECK_IMAGES = 8
+#: training images fed to TensorRT's INT8 calibrator by default
+CALIBRATION_IMAGES = 512
+
+
+@dataclass(frozen=True)
+class CompiledArtifact:
+    """The files of one compiled network and what was measured of them."""
+
+    out_dir: Path
+    target: str
+    precision: str
+    input_shape: tuple[int, ...]
+    onnx_path: Path
+    manifest_path: Path
+    measurement: Measurement
+    onnx_max_abs_diff: float
+    engine_path: Path | None = None
+    engine_max_abs_diff: float | None = None
+    calibration_cache_path: Path | None = None
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def deployable(self) -> Path:
+        """The file a user ships: the engine on TensorRT targets, the ONNX file elsewhere."""
+        return self.engine_path or self.onnx_path
+
+    def artifact_paths(self, run_dir: str | Path) -> dict[str, str]:
+        """``artifacts`` entries for result.json, relative to ``run_dir``."""
+        root = Path(run_dir).resolve()
+        paths = {"onnx": self.onnx_path, "manifest": self.manifest_path,
+                 "engine": self.engine_path, "calibration_cache": self.calibration_cache_path}
+        return {
+            f"{self.target}.{kind}": _relative(path, root)
+            for kind, path in paths.items() if path is not None
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The figures result.json keeps per compiled target."""
+        return {
+            "precision": self.precision,
+            "input_shape": list(self.input_shape),
+            "deployable": self.deployable.name,
+            "median_ms": self.measurement.median_ms,
+            "p90_ms": self.measurement.p90_ms,
+            "samples": self.measurement.samples,
+            "onnx_max_abs_diff": self.onnx_max_abs_diff,
+            "engine_max_abs_diff": self.engine_max_abs_diff,
+        }
+
+
+# -- compiling ---------------------------------------------------------------------------
+def compile_network(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    target: Target | str | Path,
+    out_dir: str | Path,
+    *,
+    int8_calibration: Iterable[Any] | None = None,
+    check_inputs: Sequence[Any] | None = None,
+    check_source: str = "random",
+    atol: float = ONNX_ATOL,
+    runtime: Any = None,
+    measurement: Measurement | None = None,
+    source: dict[str, Any] | None = None,
+) -> CompiledArtifact:
+    """Export, check, build (TensorRT), measure and describe ``model`` for ``target``.
+
+    ``input_shape`` is the static shape the artifact accepts (its batch is the target's
+    batch). ``int8_calibration`` (TensorRT targets only) yields input batches, tensors or
+    arrays N×C×H×W, that TensorRT's entropy calibrator sees; ``check_inputs`` are inputs of
+    ``input_shape`` compared between PyTorch and the compiled network (four random ones are
+    always added). ``measurement`` is a timing the caller already took of this very network
+    on this target (the budget loop's last), recorded instead of timing again.
+    """
+    target = load_target(target) if isinstance(target, (str, Path)) else target
+    _require_usable(target)
+    shape = tuple(int(d) for d in input_shape)
+    if int8_calibration is not None and target.runtime != "tensorrt":
+        raise UserError(
+            f"INT8 needs a TensorRT target; target '{target.name}' runs {target.runtime} "
+            f"({target.precision}): leave out --int8"
+        )
+    import torch
+
+    from hwdnal.onnx_export import export_onnx, save_onnx
+
+    out = Path(out_dir)
+    model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays put
+    inputs = [_as_tensor(x) for x in check_inputs or []]
+    for x in inputs:
+        if tuple(x.shape) != shape:
+            raise ValueError(f"check input of shape {tuple(x.shape)}, expected {shape}")
+    generator = torch.Generator().manual_seed(0)
+    inputs += [torch.randn(*shape, generator=generator) for _ in range(4)]
+    with torch.no_grad():
+        expected = [_single_output(model(x)).numpy() for x in inputs]
+
+    onnx_data = export_onnx(model, shape, check=True)  # onnx.checker runs inside
+    static = _onnx_input_shape(_load_onnx(onnx_data, "the exported graph"))
+    if static != shape:
+        raise UserError(f"the exported ONNX input is {static}, not the static shape {shape}")
+    reference = _ort_reference(target, onnx_data, shape, runtime)
+    onnx_diff = _max_abs_diff(reference, inputs, expected)
+    if not onnx_diff <= atol:
+        raise UserError(
+            f"the ONNX export differs from PyTorch by {onnx_diff:.3g} (max abs, limit "
+            f"{atol:g}); the model probably uses an operator the exporter mis-translates: "
+            "nothing was written"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = save_onnx(onnx_data, out / ONNX_NAME)
+
+    engine_path = cache_path = None
+    engine_diff = None
+    precision = target.precision
+    if target.runtime == "tensorrt":
+        runtime = runtime or target.create_runtime()
+        if int8_calibration is not None:
+            precision = "int8"
+            cache_path = out / CALIBRATION_CACHE_NAME
+            plan = build_int8_engine(runtime, onnx_data, shape, int8_calibration, cache_path)
+        else:
+            plan = runtime.build(onnx_data)
+        engine_path = atomic_write(out / ENGINE_NAME, lambda handle: handle.write(plan))
+        deployed = load_engine(runtime, plan)
+        engine_diff = _max_abs_diff(deployed, inputs, expected)
+    elif target.runtime == "onnxruntime":
+        _remove(out / ENGINE_NAME, out / CALIBRATION_CACHE_NAME)
+        deployed = reference  # the target's own session: what a CPU deployment runs
+    else:  # torch-cuda: the ONNX file is the portable artifact, the module is what is timed
+        _remove(out / ENGINE_NAME, out / CALIBRATION_CACHE_NAME)
+        deployed = (runtime or target.create_runtime()).compile(model, shape)
+    if measurement is None:
+        measurement = measure(deployed, target.warmup, target.iterations, target.min_seconds)
+
+    io_names = _onnx_io_names(onnx_data)
+    files = {"onnx": onnx_path, "engine": engine_path, "calibration_cache": cache_path}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "hwdnal": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "fingerprint": target.fingerprint()},
+        "runtime": target.runtime,
+        "precision": precision,
+        "input_shape": list(shape),
+        "input_name": io_names[0],
+        "output_name": io_names[1],
+        "output_shape": list(expected[0].shape),
+        "deployable": (engine_path or onnx_path).name,
+        "files": {kind: path.name for kind, path in files.items() if path is not None},
+        "sha256": {path.name: _sha256(path) for path in files.values() if path is not None},
+        "check": {
+            "onnx_vs_torch_max_abs_diff": onnx_diff,
+            "engine_vs_torch_max_abs_diff": engine_diff,
+            "tolerance": atol,
+            "inputs": len(inputs),
+            "input_source": f"{check_source} + 4 random" if check_inputs else "4 random",
+        },
+        "latency": {**measurement.to_dict(), "measured": (engine_path or onnx_path).name},
+        "source": source or {},
+    }
+    manifest_path = write_json(out / MANIFEST_NAME, manifest)
+    return CompiledArtifact(
+        out_dir=out, target=target.name, precision=precision, input_shape=shape,
+        onnx_path=onnx_path, manifest_path=manifest_path, measurement=measurement,
+        onnx_max_abs_diff=onnx_diff, engine_path=engine_path, engine_max_abs_diff=engine_diff,
+        calibration_cache_path=cache_path, manifest=manifest,
+    )
+
+
+def compiled_dir(run_dir: str | Path, target_name: str) -> Path:
+    """Where a run keeps what was compiled for one target."""
+    return Path(run_dir) / "compiled" / target_name
+
+
+def compile_run(
+    run_dir: str | Path,
+    target_name_or_path: str | Path,
+    *,
+    int8: bool = False,
+    calibration_images: int = CALIBRATION_IMAGES,
+    atol: float = ONNX_ATOL,
+) -> CompiledArtifact:
+    """Compile a finished run's ``pruned.pt`` into ``RUN/compiled/<target>/`` and record the
+    files and the measured latency in its result.json."""
+    import torch
+
+    run = Path(run_dir)
+    result = _read_result(run)
+    target = load_target(target_name_or_path)
+    _require_usable(target)
+    pruned_path = run / result.get("artifacts", {}).get("pruned_model", "pruned.pt")
+    if not pruned_path.is_file():
+        raise UserError(f"{pruned_path} is missing: the search in {run} did not finish")
+    try:
+        model = torch.load(pruned_path, weights_only=False, map_location="cpu")
+    except Exception as error:
+        raise UserError(f"{pruned_path} does not load ({type(error).__name__}: {error})") from None
+    shape = (target.batch, *[int(d) for d in result["input_shape"][1:]])
+    data, why = _run_data(run)
+    if int8 and data is None:
+        raise UserError(f"INT8 calibration needs the run's training images, but {why}")
+    calibration = (
+        calibration_batches(data, shape, calibration_images) if int8 and data is not None
+        else None
+    )
+    inputs = check_inputs_from(data, shape) if data is not None else None
+    artifact = compile_network(
+        model, shape, target, compiled_dir(run, target.name), int8_calibration=calibration,
+        check_inputs=inputs, check_source=f"{result.get('data', 'run')} test images",
+        atol=atol, source={"run": str(run.resolve()), "model": pruned_path.name,
+                           "model_name": result.get("model")},
+    )
+    record_in_result(run, artifact)
+    return artifact
+
+
+def record_in_result(run_dir: str | Path, artifact: CompiledArtifact) -> dict[str, Any]:
+    """Add the artifact's files to result.json's ``artifacts`` and its figures under
+    ``compiled.<target>`` (read, modify, write atomically); returns the new result."""
+    run = Path(run_dir)
+    result = _read_result(run)
+    result.setdefault("artifacts", {}).update(artifact.artifact_paths(run))
+    result.setdefault("compiled", {})[artifact.target] = artifact.summary()
+    write_json(run / "result.json", result)
+    return result
+
+
+def check_inputs_from(data: DataSpec, shape: Sequence[int], count: int = CHECK_IMAGES) -> list:
+    """Up to ``count`` held-out inputs of ``shape``: real images make a fairer comparison than
+    noise, since they drive the activations through the ranges the network was trained on."""
+    from hwdnal.data import batches
+
+    batch = int(shape[0])
+    found = []
+    for images, _labels in batches(data, "test", max(batch, 1), shuffle=False):
+        if len(images) == batch:
+            found.append(images.reshape(*shape))
+        if len(found) * batch >= count:
+            break
+    return found
+
+
+def calibration_batches(data: DataSpec, shape: Sequence[int], images: int = CALIBRATION_IMAGES):
+    """Training images in batches of ``shape`` for TensorRT's INT8 calibrator."""
+    from hwdnal.data import batches
+
+    batch, need, seen = int(shape[0]), max(int(images), 1), 0
+    for chunk, _labels in batches(data, "train", 64, shuffle=True, seed=1234):
+        for start in range(0, len(chunk) - batch + 1, batch):
+            if seen >= need:
+                return
+            yield chunk[start : start + batch].reshape(*shape)
+            seen += batch
+
+
+# -- TensorRT pieces (imported lazily through the runtime object) ------------------------
+def build_int8_engine(
+    runtime: Any, onnx_data: bytes, shape: Sequence[int], batches: Iterable[Any],
+    cache_path: Path,
+) -> bytes:
+    """An INT8 engine (FP16 where a layer has no INT8 kernel) calibrated with TensorRT's
+    entropy calibrator on ``batches``; the calibration table is written to ``cache_path``
+    so the same scales can be reused (``trtexec --calib``) on another device."""
+    trt = runtime.trt
+    host = [np.ascontiguousarray(_as_tensor(b).numpy(), dtype=np.float32) for b in batches]
+    host = [b for b in host if tuple(b.shape) == tuple(shape)]
+    if not host:
+        raise UserError(f"no calibration batches of shape {tuple(shape)} for INT8")
+    builder = trt.Builder(runtime.logger)
+    major = int(str(trt.__version__).split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, runtime.logger)
+    if not parser.parse(onnx_data):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT cannot parse the ONNX graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.INT8)
+    _remove(cache_path)  # scales of an earlier network would silently be reused
+    calibrator = _entropy_calibrator(trt, host, cache_path)
+    config.int8_calibrator = calibrator  # implicit quantization: deprecated in TRT 10, working
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError("TensorRT failed to build the INT8 engine (see its log above)")
+    return bytes(plan)
+
+
+def _entropy_calibrator(trt: Any, host: list[np.ndarray], cache_path: Path) -> Any:
+    """An ``IInt8EntropyCalibrator2`` feeding ``host`` batches through one device buffer."""
+    import torch
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.index = 0
+            self.device = torch.empty(host[0].shape, dtype=torch.float32, device="cuda")
+
+        def get_batch_size(self) -> int:
+            return int(host[0].shape[0])
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.index >= len(host):
+                return None
+            self.device.copy_(torch.from_numpy(host[self.index]))
+            torch.cuda.synchronize()
+            self.index += 1
+            return [int(self.device.data_ptr())] * len(names)
+
+        def read_calibration_cache(self) -> bytes | None:
+            return cache_path.read_bytes() if cache_path.exists() else None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            atomic_write(cache_path, lambda handle: handle.write(bytes(cache)))
+
+    return EntropyCalibrator()
+
+
+def load_engine(runtime: Any, plan: bytes) -> Any:
+    """A runnable engine; its input shape comes from the engine itself."""
+    from hwdnal.runtimes.trt import TrtCompiled
+
+    engine = runtime.runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise UserError(
+            "the TensorRT engine does not load here: engines run only on the GPU model and "
+            "TensorRT version that built them; rebuild it with `hwdnal compile` on this device"
+        )
+    trt = runtime.trt
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise UserError(f"the engine's input {name} has a dynamic shape {shape}")
+            return TrtCompiled(engine, shape, trt)
+    raise UserError("the TensorRT engine has no input tensor")
+
+
+# -- benchmarking any artifact -----------------------------------------------------------
+def artifact_kind(path: str | Path) -> str:
+    """``"engine"`` or ``"onnx"``, judged by the suffix, else by whether ONNX can parse it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist (give an .onnx file or a TensorRT engine)")
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return "engine"
+    _load_onnx(path.read_bytes(), str(path))
+    return "onnx"
+
+
+def artifact_input_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The static input shape of an ONNX file, or of an engine from its manifest."""
+    path = Path(path)
+    if artifact_kind(path) == "onnx":
+        return _onnx_input_shape(_load_onnx(path.read_bytes(), str(path)))
+    manifest = path.parent / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            return tuple(int(d) for d in json.loads(manifest.read_text())["input_shape"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def bench_artifact(
+    path: str | Path, target: Target | str | Path, runtime: Any = None
+) -> Measurement:
+    """Time an ONNX file or a TensorRT engine on ``target`` with the target's settings."""
+    target = load_target(target) if isinstance(target, (str, Path)) else target
+    path = Path(path)
+    kind = artifact_kind(path)
+    if kind == "engine" and target.runtime != "tensorrt":
+        raise UserError(
+            f"{path.name} is a TensorRT engine, but target '{target.name}' runs "
+            f"{target.runtime}: bench the .onnx file beside it, or use a TensorRT target"
+        )
+    _require_usable(target)
+    runtime = runtime or target.create_runtime()
+    if kind == "engine":
+        compiled = load_engine(runtime, path.read_bytes())
+    else:
+        shape = _onnx_input_shape(_load_onnx(path.read_bytes(), str(path)))
+        if target.runtime == "torch-cuda":
+            raise UserError(
+                f"target '{target.name}' runs PyTorch modules (torch-cuda), not ONNX files: "
+                "use a tensorrt target to bench ONNX on a GPU"
+            )
+        try:
+            compiled = runtime.compile(path.read_bytes(), shape)
+        except UserError:
+            raise
+        except Exception as error:
+            raise UserError(
+                f"{target.runtime} cannot load {path.name}: {str(error).splitlines()[0]}"
+            ) from None
+    return measure(compiled, target.warmup, target.iterations, target.min_seconds)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _require_usable(target: Target) -> None:
+    ok, why = target.usable()
+    if not ok:
+        raise UserError(f"target '{target.name}' is not usable on this machine: {why}")
+
+
+def _read_result(run: Path) -> dict[str, Any]:
+    path = run / "result.json"
+    if not path.is_file():
+        raise UserError(f"{run} holds no finished run (no result.json): run `hwdnal search` first")
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is unreadable ({error})") from None
+    if not isinstance(result, dict) or "input_shape" not in result:
+        raise UserError(f"{path} is not a hwdnal result (no input_shape)")
+    return result
+
+
+def _run_data(run: Path) -> tuple[DataSpec | None, str]:
+    """The run's data set (as configured), or None and why not (e.g. the folder is gone)."""
+    from hwdnal.data import load_data
+
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        return None, f"{run / 'config.json'} is unreadable ({error})"
+    try:
+        return load_data(
+            config["data"], config.get("data_dir"), config.get("input_size"),
+            config.get("train_subset"), config.get("test_subset"), config.get("seed", 0),
+        ), ""
+    except (UserError, KeyError) as error:
+        return None, f"its data set does not load here ({error})"
+
+
+def _ort_reference(target: Target, onnx_data: bytes, shape: tuple[int, ...], runtime: Any) -> Any:
+    """The ONNX graph on ONNX Runtime: the target's own runtime on CPU targets, a plain CPU
+    session elsewhere (TensorRT's engine is compared on its own, at its own precision)."""
+    if target.runtime == "onnxruntime":
+        return (runtime or target.create_runtime()).compile(onnx_data, shape)
+    from hwdnal.runtimes.ort import OrtRuntime
+
+    return OrtRuntime(precision="fp32", threads=1).compile(onnx_data, shape)
+
+
+def _max_abs_diff(compiled: Any, inputs: list, expected: list[np.ndarray]) -> float:
+    worst = 0.0
+    for x, want in zip(inputs, expected, strict=True):
+        got = np.asarray(compiled.run(x.numpy()), dtype=np.float32)
+        if got.shape != want.shape:
+            raise UserError(
+                f"the compiled network outputs shape {got.shape}, PyTorch {want.shape}"
+            )
+        if got.size:
+            worst = max(worst, float(np.max(np.abs(got - want))))
+    return worst
+
+
+def _single_output(output: Any) -> torch.Tensor:
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    raise UserError(
+        f"the network returns {type(output).__name__}, not one tensor: compile supports "
+        "single-output classifiers"
+    )
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    import torch
+
+    return x.detach().cpu().float() if isinstance(x, torch.Tensor) else torch.as_tensor(
+        np.asarray(x, dtype=np.float32))
+
+
+def _load_onnx(data: bytes, what: str) -> Any:
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:
+        model = None
+    if model is None or not model.graph.node or not model.graph.input:
+        raise UserError(
+            f"{what} is not an ONNX model (and TensorRT engines must end in "
+            f"{', '.join(ENGINE_SUFFIXES)})"
+        )
+    return model
+
+
+def _onnx_input_shape(model: Any) -> tuple[int, ...]:
+    initializers = {init.name for init in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(graph_inputs) != 1:
+        raise UserError(f"the ONNX model has {len(graph_inputs)} inputs; hwdnal handles one")
+    dims = graph_inputs[0].type.tensor_type.shape.dim
+    if not dims or any(not d.HasField("dim_value") for d in dims):
+        raise UserError(
+            f"the ONNX model's input {graph_inputs[0].name} has a dynamic shape: export it "
+            "with a fixed shape (hwdnal compile does)"
+        )
+    return tuple(int(d.dim_value) for d in dims)
+
+
+def _onnx_io_names(data: bytes) -> tuple[str, str]:
+    model = _load_onnx(data, "the exported graph")
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    return inputs[0], model.graph.output[0].name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        if path.exists():
+            path.unlink()
