@@ -169,7 +169,7 @@ class TargetLatency:
     target: Target
     input_shape: tuple[int, ...]
     channel_step: int
-    dense_ms: float
+    dense_ms: float | None
     latency_model: LatencyModel | None = None
     lut_path: str | None = None
     budget_ms: float | None = None
@@ -195,6 +195,7 @@ def prepare_target_latency(
     channel_step: int | None,
     known: dict[str, Any] | None,
     report: Reporter | None = None,
+    measure: bool = True,
 ) -> TargetLatency:
     """Load or profile the LUT, measure the dense network, resolve and check the budget.
 
@@ -213,9 +214,13 @@ def prepare_target_latency(
             lut = load_lut(lut_path, target, force=force_lut)
         else:
             path = default_lut_path(model_name, target.name, input_shape)
+            lut = None
             if path.exists():
-                lut = load_lut(path, target, force=force_lut)
-            else:
+                try:
+                    lut = load_lut(path, target, force=force_lut)
+                except UserError:
+                    lut = None  # measured elsewhere, or damaged: this cache is ours to redo
+            if lut is None:
                 lut = profile_model(target, model, model_name, tuple(input_shape[2:]),
                                     input_shape[1], out=path, progress=report).lut
             lut_path = str(path)
@@ -223,6 +228,8 @@ def prepare_target_latency(
     if known:
         return TargetLatency(target, input_shape, step, known["dense_ms"], latency_model,
                              lut_path, known["budget_ms"], known["smallest_ms"])
+    if not measure and budget is None:
+        return TargetLatency(target, input_shape, step, None, latency_model, lut_path)
     gated = GatedModel(copy.deepcopy(model), example.cpu())
     smallest = subnetwork(model, _mask(gated, _ranked(gated), minimal_counts(gated, step)),
                           example)

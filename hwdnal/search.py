@@ -164,9 +164,10 @@ class DnalSearch:
             config.test_subset, config.seed,
         )
         self._target = load_target(config.target)
-        usable, why = self._target.usable()  # the dense network is measured on it first
-        if not usable:
-            raise UserError(f"target '{self._target.name}' cannot be measured here: {why}")
+        if config.compile or config.budget:  # the search measures on the target
+            usable, why = self._target.usable()
+            if not usable:
+                raise UserError(f"target '{self._target.name}' cannot be measured here: {why}")
         self._budget = parse_budget(config.budget) if config.budget else None
         self._new_model()
 
@@ -224,7 +225,7 @@ class DnalSearch:
         latency = prepare_target_latency(
             target, self._new_model(), config.model, self._example(1).cpu(), self._budget,
             config.lut, config.force_lut, config.channel_step, known=progress.latency,
-            report=self.observer.profiling,
+            report=self.observer.profiling, measure=config.compile,
         )
         if progress.latency is None:
             progress.latency = latency.facts()

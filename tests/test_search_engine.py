@@ -88,3 +88,15 @@ def test_a_stronger_sparsity_term_keeps_fewer_channels(tmp_path: Path):
 
     assert kept(8.0) < kept(0.5)
 
+
+
+def test_the_same_seed_gives_the_same_pruned_architecture(tmp_path: Path):
+    config = SearchConfig(**{**TINY, "epochs_arch": 2}, compile=False)
+    first = DnalSearch(config, tmp_path / "a").run()
+    second = DnalSearch(config, tmp_path / "b").run()
+    assert first["groups"] == second["groups"]
+    assert [layer["pruned_out"] for layer in first["layers"]] == [
+        layer["pruned_out"] for layer in second["layers"]]
+    other = DnalSearch(SearchConfig(**{**TINY, "epochs_arch": 2}, compile=False, seed=1),
+                       tmp_path / "c").run()
+    assert other["groups"] != first["groups"], "the seed must matter"
