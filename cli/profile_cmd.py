@@ -46,6 +46,7 @@ def profile(
     from rich.table import Table
 
     from hwdnal.errors import UserError
+    from hwdnal.interrupt import GracefulStop, Interrupted
     from hwdnal.latency.lut import check_target, load_lut
     from hwdnal.latency.pipeline import default_lut_path, input_shape_for, profile_model
     from hwdnal.models import create_model
@@ -69,7 +70,7 @@ def profile(
             check_target(existing, spec, str(path))
     network = create_model(model, num_classes=num_classes, in_channels=in_channels)
 
-    with Progress(
+    with GracefulStop() as stop, Progress(
         TextColumn("[bold]{task.description:<15}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
         console=console,
@@ -82,6 +83,9 @@ def profile(
                 tasks[stage] = bar.add_task(stage, total=max(total, 1), what="")
             bar.update(tasks[stage], completed=done, total=max(total, 1),
                        what="" if what == stage else what[:40])
+            if stop.requested:  # after a whole batch: its measurements are in the cache
+                assert stop.signal_number is not None
+                raise Interrupted(f"profiling ({stage}, {done}/{total})", stop.signal_number)
 
         result = profile_model(
             spec, network, model, input_size, in_channels, out=path, step=step,

@@ -130,6 +130,7 @@ def measure_grid(
             )
             for (geometry, cin, cout), result in zip(chunk, results, strict=True):
                 cache.put(point_key(geometry, cin, cout), result)
+            cache.flush()  # even a SIGKILL loses at most the batch in progress
             del compiled
             if progress:
                 progress(min(start + BATCH, total), total, chunk[-1][0].key())
