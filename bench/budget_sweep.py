@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from hwdnal.errors import UserError
 from hwdnal.search import DnalSearch, SearchConfig
 
 CASES: dict[str, dict[str, Any]] = {
@@ -56,11 +57,8 @@ def main() -> None:
             DnalSearch(SearchConfig(**{**settings, "epochs_arch": 1}, compile=False),
                        dense_run).run()
         for fraction in args.fractions:
-            config = SearchConfig(**{**settings, "epochs_weights": 0},
-                                  weights=str(dense_run / "dense.pt"),
-                                  budget=f"{fraction * 100:g}%")
             case_started = time.perf_counter()
-            result = DnalSearch(config, args.runs / case / f"{fraction:g}").run()
+            result = _search_at(settings, dense_run, fraction, args.runs / case)
             rows.append((case, fraction, result, time.perf_counter() - case_started))
             print(_row(case, fraction, result, rows[-1][3]), flush=True)
     total = time.perf_counter() - started
@@ -83,8 +81,9 @@ def main() -> None:
         f"**{met} of {len(rows)} budgets met.**",
         "",
         "| case | budget | budget (ms) | dense (ms) | measured (ms) | measured / budget | "
-        "predicted (ms) | fit rounds | top-1 dense → pruned | MACs kept | met | time (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | :---: | ---: |",
+        "predicted (ms) | fit rounds | top-1 dense → pruned | MACs kept | channel step | met | "
+        "time (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | :---: | ---: |",
     ]
     lines += [_row(case, fraction, result, seconds) for case, fraction, result, seconds in rows]
     lines += [
@@ -98,20 +97,45 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def _search_at(settings: dict[str, Any], dense_run: Path, fraction: float,
+               runs: Path) -> dict[str, Any]:
+    """A budgeted search from the case's dense weights; when the budget is below the
+    smallest network at the target's channel step, finer steps (4, then 1) are tried, as a
+    user would; if none reaches it, the clear error is the result."""
+    for step in (None, 4, 1):
+        config = SearchConfig(**{**settings, "epochs_weights": 0},
+                              weights=str(dense_run / "dense.pt"),
+                              budget=f"{fraction * 100:g}%", channel_step=step)
+        try:
+            result = DnalSearch(config, runs / f"{fraction:g}-step{step or 'default'}").run()
+        except UserError as error:
+            if "smallest reachable" not in str(error):
+                raise
+            last_error = str(error)
+            continue
+        result["channel_step"] = step or "target default"
+        return result
+    return {"infeasible": last_error}
+
+
 def _within(result: dict[str, Any]) -> bool:
+    if "infeasible" in result:
+        return False
     measured, budget = result["pruned"]["latency_ms"], result["budget_ms"]
     return 0.85 * budget <= measured <= budget
 
 
 def _row(case: str, fraction: float, result: dict[str, Any], seconds: float) -> str:
+    if "infeasible" in result:
+        return f"| {case} | {fraction:.0%} | infeasible: {result['infeasible']} |"
     dense, pruned, budget = result["dense"], result["pruned"], result["budget_ms"]
     return (
         f"| {case} | {fraction:.0%} | {budget:.3f} | {dense['latency_ms']:.3f} | "
         f"{pruned['latency_ms']:.3f} | {pruned['latency_ms'] / budget:.3f} | "
         f"{pruned.get('predicted_latency_ms', float('nan')):.3f} | {len(result['fit_rounds'])} | "
         f"{dense['accuracy']:.3f} → {pruned['accuracy']:.3f} | "
-        f"{pruned['macs'] / dense['macs']:.0%} | {'yes' if _within(result) else 'no'} | "
-        f"{seconds:.0f} |"
+        f"{pruned['macs'] / dense['macs']:.0%} | {result['channel_step']} | "
+        f"{'yes' if _within(result) else 'no'} | {seconds:.0f} |"
     )
 
 

@@ -41,7 +41,8 @@ def main() -> None:
 
     common = dict(model=args.model, data=args.data, data_dir=args.data_dir,
                   batch_size=args.batch_size, device=args.device,
-                  epochs_arch=args.epochs_arch, epochs_finetune=args.epochs_finetune)
+                  epochs_arch=args.epochs_arch, epochs_finetune=args.epochs_finetune,
+                  compile=False)  # accuracy at scale; latency is measured elsewhere
     rows = []
     started = time.perf_counter()
     dense_run = args.runs / "dense"

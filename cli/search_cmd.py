@@ -23,7 +23,9 @@ def search(
     epochs_weights: int = typer.Option(4, help="Epochs of the weight stage (gates off)."),
     epochs_arch: int = typer.Option(2, help="Epochs of the architecture stage (δ: 1 → 1e4)."),
     epochs_finetune: int = typer.Option(3, help="Epochs of finetuning the pruned network."),
-    lambda_a: float = typer.Option(2.0, help="Weight λa of DNAL's sparsity term."),
+    lambda_a: float = typer.Option(
+        0.1, help="Weight λa of DNAL's sparsity term (its pressure grows with the steps)."
+    ),
     batch_size: int = typer.Option(128, help="Batch size of every stage."),
     train_subset: int | None = typer.Option(None, help="Train on N examples only."),
     test_subset: int | None = typer.Option(None, help="Evaluate on N held-out examples only."),

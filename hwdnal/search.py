@@ -66,7 +66,7 @@ class SearchConfig:
     finetune_lr: float = 0.02
     weight_decay: float = 5e-4
     arch_lr: float = 0.2
-    lambda_a: float = 2.0
+    lambda_a: float = 0.1
     seed: int = 0
     weights: str | None = None
     channels_last: bool = True

@@ -1,0 +1,104 @@
+"""The baselines hwdnal is compared with, built from the same pieces the search uses.
+
+Every method trains with the engine's recipe (SGD, Nesterov momentum 0.9, cosine LR, weight
+decay, the same per-epoch data order), so what differs between methods is only how the
+architecture is chosen and where its weights come from.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hwdnal.budgeting import _measure_together
+from hwdnal.data import DataSpec, steps_per_epoch
+from hwdnal.gated import GatedModel
+from hwdnal.latency.alignment import aligned_count
+from hwdnal.prune import prune_physically
+from hwdnal.targets import Target
+from hwdnal.train import train_epoch
+
+
+def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_size: int,
+                weight_decay: float, seed: int) -> float:
+    """The engine's weight/finetune loop (see ``DnalSearch._train_plain``); returns seconds."""
+    started = time.perf_counter()
+    if epochs <= 0:
+        return 0.0
+    model.to(memory_format=torch.channels_last)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    steps = steps_per_epoch(data, batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
+    model.train()
+    for epoch in range(epochs):
+        train_epoch(model, data, optimizer, batch_size, seed=seed * 1000 + epoch,
+                    scheduler=scheduler, channels_last=True)
+    model.eval()
+    return time.perf_counter() - started
+
+
+def uniform_width(model: nn.Module, example: torch.Tensor, fraction: float,
+                  multiple: int) -> nn.Module:
+    """``model`` with the same fraction of every coupled-channel group kept (aligned to the
+    target's channel step): width scaling of the very architecture hwdnal prunes."""
+    gated = GatedModel(copy.deepcopy(model).cpu(), example.cpu())
+    keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
+    for group in gated.plan.groups:
+        kept = aligned_count(round(fraction * group.size), group.size, multiple)
+        keep[group.start : group.start + kept] = True
+    gated.set_keep_mask(keep)
+    return prune_physically(gated).eval()
+
+
+def l1_pruned(model: nn.Module, example: torch.Tensor, ratio: float, multiple: int) -> nn.Module:
+    """torch-pruning's own L1-magnitude pruner, one shot, the same ratio in every group
+    (rounded to the target's channel step); the class logits (last Linear) stay whole."""
+    import torch_pruning as tp
+
+    pruned = copy.deepcopy(model).cpu().eval()
+    classifier = [m for m in pruned.modules() if isinstance(m, nn.Linear)][-1:]
+    pruner = tp.pruner.BasePruner(
+        pruned, example.cpu(), importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio, ignored_layers=classifier, round_to=multiple if multiple > 1 else None,
+    )
+    pruner.step()
+    return pruned
+
+
+@dataclass
+class Candidate:
+    """One architecture of a family (a width fraction, a pruning ratio) and its latency."""
+
+    knob: float
+    ratio: float  # measured latency / dense latency, measured side by side
+    macs: int | None = None
+
+
+def measure_family(target: Target, dense: nn.Module, input_shape: tuple[int, ...],
+                   build: Callable[[float], nn.Module], knobs: Sequence[float]) -> list[Candidate]:
+    """Latency of a family of networks, all measured interleaved with the dense one."""
+    networks = [build(knob) for knob in knobs]
+    measured = _measure_together(target, [dense, *networks], input_shape)
+    base = measured[0].median_ms
+    return [Candidate(knob, m.median_ms / base) for knob, m in zip(knobs, measured[1:],
+                                                                   strict=True)]
+
+
+def pick_for_budget(candidates: Sequence[Candidate], fraction: float) -> Candidate:
+    """The candidate measured closest under the budget (the fastest one if none fits)."""
+    fitting = [c for c in candidates if c.ratio <= fraction]
+    if fitting:
+        return max(fitting, key=lambda c: c.ratio)
+    return min(candidates, key=lambda c: c.ratio)
+
+
+__all__ = ["Candidate", "l1_pruned", "measure_family", "pick_for_budget",
+           "train_plain", "uniform_width"]
