@@ -83,7 +83,7 @@ def main() -> None:
         "| case | budget | budget (ms) | dense (ms) | measured (ms) | measured / budget | "
         "predicted (ms) | fit rounds | top-1 dense → pruned | MACs kept | channel step | met | "
         "time (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | :---: | ---: |",
+        "| --- " + "| ---: " * 7 + "| --- | ---: | ---: | :---: | ---: |",
     ]
     lines += [_row(case, fraction, result, seconds) for case, fraction, result, seconds in rows]
     lines += [
