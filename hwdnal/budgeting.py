@@ -46,12 +46,12 @@ class LatencyConstraint:
     history: list[float] = field(default_factory=list)
 
     def term(self) -> GateLossTerm:
-        return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self._ascend)
+        return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self.ascend)
 
     def _relative_latency(self, gated: GatedModel) -> torch.Tensor:
         return self.model.predict_gated(gated) / self.budget_ms
 
-    def _ascend(self, term: GateLossTerm, relative: float) -> None:
+    def ascend(self, term: GateLossTerm, relative: float) -> None:
         term.weight = max(0.0, term.weight + self.rate * (relative - self.aim))
         self.history.append(relative * self.budget_ms)
 

@@ -29,6 +29,7 @@ import numpy as np
 from hwdnal import __version__
 from hwdnal.atomic import atomic_write, write_json
 from hwdnal.errors import UserError
+from hwdnal.run import RunDir
 from hwdnal.runtimes.measure import Measurement, measure
 from hwdnal.targets import Target, load_target
 
@@ -457,15 +458,9 @@ def _require_usable(target: Target) -> None:
 
 
 def _read_result(run: Path) -> dict[str, Any]:
-    path = run / "result.json"
-    if not path.is_file():
-        raise UserError(f"{run} holds no finished run (no result.json): run `hwdnal search` first")
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is unreadable ({error})") from None
-    if not isinstance(result, dict) or "input_shape" not in result:
-        raise UserError(f"{path} is not a hwdnal result (no input_shape)")
+    result = RunDir(run).read_result()
+    if "input_shape" not in result:
+        raise UserError(f"{run / 'result.json'} is not a hwdnal result (no input_shape)")
     return result
 
 

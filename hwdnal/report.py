@@ -10,14 +10,13 @@ a report from inside another program never opens a window or changes its setting
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hwdnal.atomic import atomic_write
-from hwdnal.errors import UserError
+from hwdnal.run import RunDir
 
 REPORT_NAME = "report.md"
 PLOT_DIR = "report"
@@ -389,13 +388,4 @@ def _number(value: Any) -> bool:
 
 
 def _read_result(run: Path) -> dict[str, Any]:
-    path = run / "result.json"
-    if not path.is_file():
-        raise UserError(f"{run} holds no finished run (no result.json): run `hwdnal search` first")
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is unreadable ({error})") from None
-    if not isinstance(result, dict):
-        raise UserError(f"{path} is not a hwdnal result")
-    return result
+    return RunDir(run).read_result()

@@ -125,6 +125,21 @@ class RunDir:
     def write_result(self, result: dict[str, Any]) -> Path:
         return write_json(self.path / "result.json", result)
 
+    def read_result(self) -> dict[str, Any]:
+        """The finished run's result.json (what compile and report start from)."""
+        path = self.path / "result.json"
+        if not path.is_file():
+            raise UserError(
+                f"{self.path} holds no finished run (no result.json): run `hwdnal search` first"
+            )
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"{path} is unreadable ({error})") from None
+        if not isinstance(result, dict):
+            raise UserError(f"{path} is not a hwdnal result")
+        return result
+
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any]:
         try:

@@ -45,13 +45,13 @@ class _LinearLatency:
 def test_latency_weight_rises_over_budget_and_falls_under_it():
     constraint = LatencyConstraint(model=_LinearLatency(), budget_ms=10.0, rate=0.1)
     term = constraint.term()
-    constraint._ascend(term, 1.5)
+    constraint.ascend(term, 1.5)
     assert term.weight > 0
     raised = term.weight
-    constraint._ascend(term, 0.5)
+    constraint.ascend(term, 0.5)
     assert term.weight < raised
     for _ in range(20):
-        constraint._ascend(term, 0.2)
+        constraint.ascend(term, 0.2)
     assert term.weight == 0.0, "the multiplier never goes negative"
 
 
