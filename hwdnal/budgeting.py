@@ -215,7 +215,12 @@ def prepare_target_latency(
     input_shape = input_shape_for(target.batch, example.shape[1], tuple(example.shape[2:]))
     step = target.profile.preferred_channel_step if channel_step is None else channel_step
     model = copy.deepcopy(model).cpu().eval()
-    latency_model = None
+    result = TargetLatency(target, input_shape, step, None, budget=budget)
+    if known:
+        result.dense_ms, result.budget_ms = known["dense_ms"], known["budget_ms"]
+        result.smallest_ms = known["smallest_ms"]
+    elif measure or budget is not None:
+        _measure_dense_and_smallest(result, model, example)  # an impossible budget stops here
     if budget is not None or lut_path:
         if lut_path:
             lut = load_lut(lut_path, target, force=force_lut)
@@ -231,32 +236,31 @@ def prepare_target_latency(
                 lut = profile_model(target, model, model_name, tuple(input_shape[2:]),
                                     input_shape[1], out=path, progress=report).lut
             lut_path = str(path)
-        latency_model = LatencyModel(lut)
-    if known:
-        return TargetLatency(target, input_shape, step, known["dense_ms"], latency_model,
-                             lut_path, known["budget_ms"], known["smallest_ms"], budget)
-    if not measure and budget is None:
-        return TargetLatency(target, input_shape, step, None, latency_model, lut_path)
+        result.latency_model, result.lut_path = LatencyModel(lut), lut_path
+    return result
+
+
+def _measure_dense_and_smallest(
+    result: TargetLatency, model: nn.Module, example: torch.Tensor
+) -> None:
+    """Dense and smallest allowed network, interleaved; refuses a budget below the smallest."""
     gated = GatedModel(copy.deepcopy(model), example.cpu())
-    smallest = subnetwork(model, _mask(gated, _ranked(gated), minimal_counts(gated, step)),
-                          example)
-    dense_measured, smallest_measured = _measure_together(target, [model, smallest],
-                                                          input_shape)
-    dense_ms = dense_measured.median_ms
-    result = TargetLatency(target, input_shape, step, dense_ms, latency_model, lut_path,
-                           budget=budget)
-    if budget is None:
-        return result
-    result.budget_ms = budget.resolve(dense_ms)
+    counts = minimal_counts(gated, result.channel_step)
+    smallest = subnetwork(model, _mask(gated, _ranked(gated), counts), example)
+    dense_measured, smallest_measured = _measure_together(result.target, [model, smallest],
+                                                          result.input_shape)
+    result.dense_ms = dense_measured.median_ms
     result.smallest_ms = smallest_measured.median_ms
+    if result.budget is None:
+        return
+    result.budget_ms = result.budget.resolve(result.dense_ms)
     if result.smallest_ms > result.budget_ms:
         raise UserError(
-            f"budget {result.budget_ms:.3f} ms ({budget.text}) is below the smallest reachable "
-            f"latency: {result.smallest_ms:.3f} ms on target '{target.name}' (every group at "
-            f"{step} channel(s); the dense network measures {dense_ms:.3f} ms): raise "
-            f"--budget to at least {result.smallest_ms:.3f}ms"
+            f"budget {result.budget_ms:.3f} ms ({result.budget.text}) is below the smallest "
+            f"reachable latency: {result.smallest_ms:.3f} ms on target '{result.target.name}' "
+            f"(every group at {result.channel_step} channel(s); the dense network measures "
+            f"{result.dense_ms:.3f} ms): raise --budget to at least {result.smallest_ms:.3f}ms"
         )
-    return result
 
 
 def _ranked(gated: GatedModel) -> list[torch.Tensor]:

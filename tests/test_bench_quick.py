@@ -25,6 +25,7 @@ def _load_bench():
     spec = importlib.util.spec_from_file_location("compare_methods",
                                                   ROOT / "bench" / "compare_methods.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["compare_methods"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import quick_target
 
 from hwdnal.budget import parse_budget
 from hwdnal.budgeting import LatencyConstraint, fit_to_latency, predicted_ms
@@ -98,9 +99,10 @@ def test_an_infeasible_budget_exits_2_naming_the_smallest_reachable_latency(tmp_
 @pytest.mark.slow
 def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
     run = tmp_path / "run"
+    target = quick_target(tmp_path)  # a coarse grid: the LUT is profiled in seconds
     done = subprocess.run(
         [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run),
-         "--data", "synthetic", "--input-size", "16", "--budget", "60%",
+         "--target", str(target), "--data", "synthetic", "--input-size", "16", "--budget", "60%",
          "--train-subset", "512", "--test-subset", "128", "--batch-size", "64",
          "--epochs-weights", "1", "--epochs-arch", "2", "--epochs-finetune", "1"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
@@ -113,7 +115,7 @@ def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
         assert result["pruned"][key] > 0
     assert result["dense"]["latency_ms"] > 0 and result["speedup"] > 0
     assert result["fit_rounds"] and result["fit_rounds"][-1]["measured_ms"] > 0
-    assert result["target"]["name"] == "cpu" and result["target"]["fingerprint"]
+    assert result["target"]["name"] == "cpu-quick" and result["target"]["fingerprint"]
     assert any("predicted_latency_ms" in point for point in result["arch_curve"])
     assert len(result["layers"]) > 0 and "pruned_lut_ms" in result["layers"][0]
     assert "budget_met" in result

@@ -10,34 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_run import quick_target
 
 pytestmark = pytest.mark.slow
 
-TARGET = """
-name = "cpu-test"
-description = "the cpu target with short timings, for tests"
-runtime = "onnxruntime"
-device = "cpu"
-precision = "fp32"
-threads = 1
-warmup = 2
-iterations = 5
-min_seconds = 0.0
-
-[profile]
-grid_step = 4
-grid_points = 6
-layer_warmup = 1
-layer_iterations = 5
-layer_min_seconds = 0.05
-calibrate = 3
-validate = 0
-"""
-
-
 def test_sigterm_mid_profile_saves_and_the_rerun_skips_what_was_measured(tmp_path: Path):
-    (tmp_path / "cpu-test.toml").write_text(TARGET)
-    command = [sys.executable, "-m", "hwdnal.cli.app", "profile", "--target", "cpu-test.toml",
+    target = quick_target(tmp_path)
+    command = [sys.executable, "-m", "hwdnal.cli.app", "profile", "--target", str(target),
                "--model", "resnet20", "--input-size", "16", "--out", "lut.json"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)

@@ -12,7 +12,8 @@ from hwdnal.errors import UserError
 from hwdnal.search import DnalSearch, GateLossTerm, SearchConfig, SearchObserver
 
 TINY = dict(model="resnet20", data="synthetic", input_size=16, train_subset=256,
-            test_subset=128, batch_size=64, epochs_weights=1, epochs_arch=1, epochs_finetune=1)
+            test_subset=128, batch_size=64, epochs_weights=1, epochs_arch=1, epochs_finetune=1,
+            compile=False)
 
 
 class Recorder(SearchObserver):
@@ -91,12 +92,12 @@ def test_a_stronger_sparsity_term_keeps_fewer_channels(tmp_path: Path):
 
 
 def test_the_same_seed_gives_the_same_pruned_architecture(tmp_path: Path):
-    config = SearchConfig(**{**TINY, "epochs_arch": 2}, compile=False)
+    config = SearchConfig(**{**TINY, "epochs_arch": 2})
     first = DnalSearch(config, tmp_path / "a").run()
     second = DnalSearch(config, tmp_path / "b").run()
     assert first["groups"] == second["groups"]
     assert [layer["pruned_out"] for layer in first["layers"]] == [
         layer["pruned_out"] for layer in second["layers"]]
-    other = DnalSearch(SearchConfig(**{**TINY, "epochs_arch": 2}, compile=False, seed=1),
+    other = DnalSearch(SearchConfig(**{**TINY, "epochs_arch": 2}, seed=1),
                        tmp_path / "c").run()
     assert other["groups"] != first["groups"], "the seed must matter"

@@ -40,6 +40,15 @@ threads = 1
 warmup = 2
 iterations = 5
 min_seconds = 0.0
+
+[profile]
+grid_step = 4
+grid_points = 6
+layer_warmup = 1
+layer_iterations = 5
+layer_min_seconds = 0.05
+calibrate = 3
+validate = 0
 """
 
 
