@@ -42,3 +42,14 @@ lint: install
 
 clean:
 	rm -rf runs build *.egg-info
+
+# Side-by-side benchmarks (docs/benchmarks.md, docs/img/pareto.png); run on an idle machine.
+.PHONY: bench-quick
+# bench-quick: ResNet-20, 2 seeds, a training subset: under 30 minutes on 2 cores.
+bench-quick: data
+	$(PY) bench/compare_methods.py --mode quick
+
+# bench: ResNet-20 and ResNet-56, 3 seeds, all of Fashion-MNIST: hours; it prints its
+# estimate for this machine before it starts.
+bench: data
+	$(PY) bench/compare_methods.py --mode full

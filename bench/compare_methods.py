@@ -291,8 +291,14 @@ class Bench:
 
         # every network of this seed measured side by side with the dense one
         alive = [(e, n) for e, n in networks if n is not None]
+        final = base / "final"
+        final.mkdir(exist_ok=True)
+        for entry, net in alive:  # kept, so that they can be measured again
+            torch.save(net, final / f"{entry.method}-{entry.fraction:g}.pt")
+        load = os.getloadavg()[0]
         measured = _measure_together(self.target, [dense, *[n for _, n in alive]],
                                      self.input_shape())
+        self.dense[-1]["load_at_measurement"] = [load, os.getloadavg()[0]]
         for (entry, net), m in zip(alive, measured[1:], strict=True):
             entry.latency_ms, entry.dense_ms = m.median_ms, measured[0].median_ms
             entry.accuracy = evaluate_on(net, data)
@@ -412,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))
     parser.add_argument("--report-only", type=Path, help="rewrite the report from results.json")
     args = parser.parse_args(argv)
+    args.argv = argv
 
     from compare_report import write_report
 
@@ -476,7 +483,8 @@ def _save(bench: Bench, settings: Settings, args: argparse.Namespace, target: Ta
         if t.name != target.name:
             others.append({"target": t.name, "usable": ok, "why": why})
     results = {
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": "python bench/compare_methods.py " + " ".join(
+            shlex.quote(a) for a in (sys.argv[1:] if args.argv is None else args.argv)),
         "mode": args.mode,
         "date": datetime.now().isoformat(timespec="seconds"),
         "revision": revision + (" (with uncommitted changes)" if dirty else ""),

@@ -6,6 +6,7 @@ only fixed text explains how the numbers were obtained.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -94,6 +95,10 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         f"- wall time {results['seconds'] / 60:.1f} min (estimated up front: "
         f"{results['estimate_s'] / 60:.0f} min); load average (1 min) before / after: "
         f"{results['load_before'][0]:.2f} / {results['load_after'][0]:.2f}",
+        "- load average (1 min) just before / after each seed's final measurement: "
+        + "; ".join(f"{d['model']} seed {d['seed']}: {d['load_at_measurement'][0]:.2f} / "
+                    f"{d['load_at_measurement'][1]:.2f}" for d in results["dense"]
+                    if "load_at_measurement" in d),
         "- latency: median on the target; all final networks of a seed are measured in one "
         "interleaved call with that seed's dense network, and shown as a percentage of it; "
         f"± is the sample standard deviation over the {len(seeds)} seed(s)",
@@ -161,10 +166,23 @@ def compare(table: Table, model: str, fraction: float, other: str) -> dict[str, 
     gap = ma - mx
     outcome = "wins" if gap > threshold else "loses" if gap < -threshold else "ties"
     return {"outcome": outcome, "gap": gap, "threshold": threshold, "a": ma, "x": mx,
+            "x_at_a": on_curve(table, model, other,
+                               mean_std(table.ratio(model, fraction, "hwdnal"))[0]),
             "lat_a": mean_std(table.ratio(model, fraction, "hwdnal"))[0],
             "lat_x": mean_std(table.ratio(model, fraction, other))[0],
             "macs_a": mean_std(table.macs_ratio(model, fraction, "hwdnal"))[0],
             "macs_x": mean_std(table.macs_ratio(model, fraction, other))[0]}
+
+
+def on_curve(table: Table, model: str, method: str, latency: float) -> float | None:
+    """``method``'s mean top-1 interpolated at ``latency`` along its budgets (None outside)."""
+    points = sorted((mean_std(table.ratio(model, f, method))[0],
+                     mean_std(table.acc(model, f, method))[0]) for f in table.fractions
+                    if table.runs(model, f, method))
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= latency <= x1 and x1 > x0:
+            return y0 + (y1 - y0) * (latency - x0) / (x1 - x0)
+    return None
 
 
 def reasons(table: Table, model: str, fraction: float, other: str,
@@ -178,6 +196,9 @@ def reasons(table: Table, model: str, fraction: float, other: str,
     elif c["lat_x"] < c["lat_a"] - LATENCY_GAP:
         why.append(f"it ran faster than hwdnal ({c['lat_x']:.0%} vs {c['lat_a']:.0%} of dense), "
                    "which favours hwdnal")
+    if abs(c["lat_x"] - c["lat_a"]) > LATENCY_GAP and c["x_at_a"] is not None:
+        why.append(f"interpolated along its other budgets to hwdnal's latency it would reach "
+                   f"{c['x_at_a']:.1%} ({100 * (c['a'] - c['x_at_a']):+.1f} pp for hwdnal)")
     if c["lat_a"] > fraction:
         why.append(f"hwdnal's final measurement is over the budget ({c['lat_a']:.0%})")
     if abs(c["macs_a"] - c["macs_x"]) > 0.05:
@@ -229,7 +250,7 @@ def verdict(table: Table) -> list[str]:
         head += [
             f"These are quick-mode numbers: {s['train_subset'] or 60000} training images and "
             f"{s['epochs_weights']}+{s['epochs_arch']}+{s['epochs_finetune']} epochs leave "
-            f"every network undertrained, and {len(s['seeds'])} seeds give a rough spread; "
+            f"every network undertrained, and {len(s['seeds'])} seed(s) give a rough spread; "
             "the full mode (`make bench`) trains on all images for longer.",
             "",
         ]
