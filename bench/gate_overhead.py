@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import subprocess
@@ -67,6 +68,7 @@ def main() -> None:
         "gates attached, mode off": (off, list(off.model.parameters())),
         "soft gates, weights frozen (architecture stage)": (soft_frozen, [soft.gate.s]),
     }
+    load_before = os.getloadavg()[0]
     for model, params in cases.values():  # warm-up
         _step_time(model, params, x, y, 3)
     samples: dict[str, list[float]] = {name: [] for name in cases}
@@ -74,6 +76,7 @@ def main() -> None:
         for name, (model, params) in cases.items():
             samples[name] += _step_time(model, params, x, y, 2)
 
+    load_after = os.getloadavg()[0]
     base = statistics.median(samples[next(iter(cases))])
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip()
@@ -88,7 +91,9 @@ def main() -> None:
         f"{platform.processor() or ''}, {torch.get_num_threads()} threads, torch "
         f"{torch.__version__}. One step = forward, backward, SGD update of a batch; the three "
         "cases are interleaved round by round; medians over "
-        f"{2 * args.rounds} steps.",
+        f"{2 * args.rounds} steps. Load average {load_before:.2f} before, {load_after:.2f} "
+        "after (on 2 cores, anything above ~1 means another process competed: treat the "
+        "figures as noise then).",
         "",
         "| case | median step (ms) | relative to plain |",
         "| --- | ---: | ---: |",
