@@ -2,7 +2,8 @@
 
 `hwdnal compile` and the end of `hwdnal search` come here. Every target gets a static-shape
 ONNX file, validated by onnx's checker and compared with PyTorch on the same inputs (the
-largest absolute difference is recorded; above ``atol`` the artifact is refused, because a
+largest absolute difference is recorded; above ``atol`` (times the largest output, when that
+exceeds 1) the artifact is refused, because a
 deployed network that computes something else is worse than none). TensorRT targets also
 get an engine (FP16, or INT8 calibrated on the run's own images), built on the device that
 will run it. The deployable file is timed with the target's own settings, and a
@@ -152,11 +153,14 @@ def compile_network(
         raise UserError(f"the exported ONNX input is {static}, not the static shape {shape}")
     reference = _ort_reference(target, onnx_data, shape, runtime)
     onnx_diff = _max_abs_diff(reference, inputs, expected)
-    if not onnx_diff <= atol:
+    # float32 sums of thousands of products differ in their last bits between kernels: the
+    # limit is absolute for outputs up to 1 and relative (atol × largest output) above
+    scale = max(1.0, max(float(np.abs(e).max()) for e in expected if e.size))
+    if not onnx_diff <= atol * scale:
         raise UserError(
             f"the ONNX export differs from PyTorch by {onnx_diff:.3g} (max abs, limit "
-            f"{atol:g}); the model probably uses an operator the exporter mis-translates: "
-            "nothing was written"
+            f"{atol * scale:.3g} for outputs up to {scale:.3g}); the model probably uses an "
+            "operator the exporter mis-translates: nothing was written"
         )
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = save_onnx(onnx_data, out / ONNX_NAME)
