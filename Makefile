@@ -11,10 +11,11 @@ TORCH  := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml agent/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e './agent[onnxruntime]'
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

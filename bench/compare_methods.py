@@ -42,6 +42,7 @@ import torch
 from hwdnal.budgeting import _measure_together
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import load_data
+from hwdnal.devices import open_measurer
 from hwdnal.errors import UserError
 from hwdnal.models import create_model
 from hwdnal.search import DnalSearch, SearchConfig
@@ -112,6 +113,7 @@ class Bench:
     def __init__(self, settings: Settings, target: Target, target_arg: str, runs: Path) -> None:
         self.s = settings
         self.target = target
+        self.device = open_measurer(target)  # every measurement of the bench goes here
         self.target_arg = target_arg
         self.runs = runs
         self.entries: list[Entry] = []
@@ -150,7 +152,7 @@ class Bench:
         out = self.runs / "luts" / f"{model_name}-{self.target.name}-28x28.json"
         started = time.perf_counter()
         result = profile_model(
-            self.target, create_model(model_name, 10, 1), model_name, 28, 1, out=out,
+            self.device, create_model(model_name, 10, 1), model_name, 28, 1, out=out,
             calibrate=self.s.calibrate, validate=self.s.validate,
             grid_points=self.s.grid_points, cache_dir=self.runs / "luts" / "cache",
         )
@@ -172,10 +174,10 @@ class Bench:
         torch.manual_seed(0)
         dense = create_model(model_name, 10, 1).eval()
         example = torch.randn(self.input_shape())
-        uniform = measure_family(self.target, dense, self.input_shape(),
+        uniform = measure_family(self.device, dense, self.input_shape(),
                                  lambda f: uniform_width(dense, example, f, self.step()),
                                  self.s.knobs)
-        l1 = measure_family(self.target, dense, self.input_shape(),
+        l1 = measure_family(self.device, dense, self.input_shape(),
                             lambda r: l1_pruned(dense, example, r, self.step()),
                             [round(1 - k, 2) for k in self.s.knobs])
         self.families[model_name] = {"uniform": [asdict(c) for c in uniform],
@@ -296,7 +298,7 @@ class Bench:
         for entry, net in alive:  # kept, so that they can be measured again
             torch.save(net, final / f"{entry.method}-{entry.fraction:g}.pt")
         load = os.getloadavg()[0]
-        measured = _measure_together(self.target, [dense, *[n for _, n in alive]],
+        measured = _measure_together(self.device, [dense, *[n for _, n in alive]],
                                      self.input_shape())
         self.dense[-1]["load_at_measurement"] = [load, os.getloadavg()[0]]
         for (entry, net), m in zip(alive, measured[1:], strict=True):
@@ -333,7 +335,7 @@ class Bench:
                                             epochs_weights=0, epochs_finetune=0,
                                             lambda_a=lam), run).run()
             pruned = torch.load(run / "pruned.pt", weights_only=False).eval()
-            d, p = _measure_together(self.target, [dense, pruned], self.input_shape())
+            d, p = _measure_together(self.device, [dense, pruned], self.input_shape())
             stages = [st for st in result["stages"] if st["name"] in ("architecture", "prune")]
             tries[lam] = (p.median_ms / d.median_ms, run, stages)
             made.append(lam)
@@ -470,8 +472,7 @@ def _save(bench: Bench, settings: Settings, args: argparse.Namespace, target: Ta
     import subprocess
 
     import onnxruntime
-
-    from hwdnal.runtimes.ort import cpu_model
+    from hwdnal_agent.device_info import cpu_model
 
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip()

@@ -17,10 +17,10 @@ from torch import nn
 
 from hwdnal.budgeting import _measure_together
 from hwdnal.data import DataSpec, steps_per_epoch
+from hwdnal.devices import Measurer
 from hwdnal.gated import GatedModel
 from hwdnal.latency.alignment import aligned_count
 from hwdnal.prune import prune_physically
-from hwdnal.targets import Target
 from hwdnal.train import train_epoch
 
 
@@ -82,11 +82,11 @@ class Candidate:
     macs: int | None = None
 
 
-def measure_family(target: Target, dense: nn.Module, input_shape: tuple[int, ...],
+def measure_family(device: Measurer, dense: nn.Module, input_shape: tuple[int, ...],
                    build: Callable[[float], nn.Module], knobs: Sequence[float]) -> list[Candidate]:
     """Latency of a family of networks, all measured interleaved with the dense one."""
     networks = [build(knob) for knob in knobs]
-    measured = _measure_together(target, [dense, *networks], input_shape)
+    measured = _measure_together(device, [dense, *networks], input_shape)
     base = measured[0].median_ms
     return [Candidate(knob, m.median_ms / base) for knob, m in zip(knobs, measured[1:],
                                                                    strict=True)]

@@ -6,10 +6,13 @@ from pathlib import Path
 
 import typer
 
+from hwdnal.cli.remote_option import remote_option
+
 
 def bench(
     artifact: Path = typer.Argument(..., help="An .onnx file or a TensorRT engine (.engine)."),
     target: str = typer.Option(..., "--target", "-t", help="Target name or .toml file."),
+    remote: str | None = remote_option(),
 ) -> None:
     """Measure the artifact with the target's warm-up and iterations: median and p90."""
     from rich.console import Console
@@ -18,7 +21,7 @@ def bench(
     from hwdnal.compile import artifact_input_shape, artifact_kind, bench_artifact
     from hwdnal.targets import load_target
 
-    spec = load_target(target)
+    spec = load_target(target).with_remote(remote)
     kind = artifact_kind(artifact)
     measurement = bench_artifact(artifact, spec)
     shape = artifact_input_shape(artifact)
@@ -31,8 +34,9 @@ def bench(
         f"{measurement.median_ms:.3f}", f"{measurement.p90_ms:.3f}", str(measurement.samples),
     )
     Console().print(table)
+    where = f" on the agent at {spec.remote}" if spec.remote else ""
     typer.echo(f"{spec.runtime}, {spec.precision}, batch {spec.batch}, "
-               f"{spec.threads} thread(s)")
+               f"{spec.threads} thread(s){where}")
 
 
 def register(app: typer.Typer) -> None:

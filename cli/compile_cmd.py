@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hwdnal.cli.remote_option import remote_option
+
 
 def compile_run(
     run: Path = typer.Argument(..., help="Run directory written by hwdnal search."),
@@ -19,6 +21,7 @@ def compile_run(
     atol: float = typer.Option(
         1e-4, help="Refuse the ONNX file if its outputs differ from PyTorch by more (max abs)."
     ),
+    remote: str | None = remote_option(),
 ) -> None:
     """Export ONNX and, for GPU targets, a TensorRT engine; measure it; write a manifest.
 
@@ -29,7 +32,8 @@ def compile_run(
     from hwdnal.compile import compile_run as compile_library
 
     artifact = compile_library(
-        run, target, int8=int8, calibration_images=calibration_images, atol=atol
+        run, target, int8=int8, calibration_images=calibration_images, atol=atol,
+        remote=remote,
     )
     m = artifact.measurement
     table = Table(title=f"hwdnal compile — {run} for {artifact.target}", show_header=False)
@@ -40,8 +44,9 @@ def compile_run(
     table.add_row("input shape / precision",
                   f"{list(artifact.input_shape)} / {artifact.precision}")
     table.add_row("ONNX vs PyTorch", f"{artifact.onnx_max_abs_diff:.2e} max abs")
-    if artifact.engine_max_abs_diff is not None:
-        table.add_row("engine vs PyTorch", f"{artifact.engine_max_abs_diff:.2e} max abs")
+    check = artifact.manifest["check"]
+    table.add_row(f"deployed vs PyTorch (on {check['deployed_checked_on']})",
+                  f"{check['deployed_vs_torch_max_abs_diff']:.2e} max abs")
     table.add_row("latency", f"median {m.median_ms:.3f} ms, p90 {m.p90_ms:.3f} ms "
                   f"({m.samples} runs)")
     Console().print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import typer
@@ -22,7 +23,13 @@ def lut(
     from hwdnal.targets import load_target
 
     spec = load_target(target) if target else None
-    table_data = load_lut(path, target=spec, force=force)
+    if spec is not None and spec.remote:  # the device's fingerprint, asked of its agent
+        from hwdnal.devices import open_measurer
+
+        with closing(open_measurer(spec)) as measurer:
+            table_data = load_lut(path, target=measurer, force=force)
+    else:
+        table_data = load_lut(path, target=spec, force=force)
     fp = table_data.fingerprint
     cal = table_data.calibration
     table = Table(title=str(path), show_header=False)

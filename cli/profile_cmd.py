@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import typer
+
+from hwdnal.cli.remote_option import remote_option
 
 
 def profile(
@@ -32,6 +35,7 @@ def profile(
     force: bool = typer.Option(
         False, "--force", help="Overwrite an existing LUT measured for another target."
     ),
+    remote: str | None = remote_option(),
 ) -> None:
     """Measure per-layer latency over a channel grid, calibrate on whole networks, write a LUT."""
     from rich.console import Console
@@ -45,6 +49,7 @@ def profile(
     )
     from rich.table import Table
 
+    from hwdnal.devices import open_measurer
     from hwdnal.errors import UserError
     from hwdnal.interrupt import GracefulStop, Interrupted
     from hwdnal.latency.lut import check_target, load_lut
@@ -53,24 +58,25 @@ def profile(
     from hwdnal.targets import load_target
 
     console = Console(stderr=True)
-    spec = load_target(target)
-    ok, why = spec.usable()
-    if not ok:
-        raise UserError(f"target '{spec.name}' cannot be measured on this machine: {why}")
+    spec = load_target(target).with_remote(remote)
     if min(input_size, step or 1, grid_points or 1) < 1:
         raise UserError("--input-size, --step and --grid-points must be positive")
     shape = input_shape_for(spec.batch, in_channels, input_size)
     path = out or default_lut_path(model, spec.name, shape)
+    network = create_model(model, num_classes=num_classes, in_channels=in_channels)
+    measurer = open_measurer(spec)
+    if spec.remote:
+        console.print(f"measuring on the agent at {spec.remote} "
+                      f"({measurer.fingerprint().get('host')})")
     if path.exists() and not force:  # never overwrite another target's LUT silently
         try:
             existing = load_lut(path)
         except UserError:
             existing = None  # unreadable: profiling again replaces it
         if existing is not None:
-            check_target(existing, spec, str(path))
-    network = create_model(model, num_classes=num_classes, in_channels=in_channels)
+            check_target(existing, measurer, str(path))
 
-    with GracefulStop() as stop, Progress(
+    with closing(measurer), GracefulStop() as stop, Progress(
         TextColumn("[bold]{task.description:<15}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
         console=console,
@@ -88,7 +94,7 @@ def profile(
                 raise Interrupted(f"profiling ({stage}, {done}/{total})", stop.signal_number)
 
         result = profile_model(
-            spec, network, model, input_size, in_channels, out=path, step=step,
+            measurer, network, model, input_size, in_channels, out=path, step=step,
             grid_points=grid_points, calibrate=calibrate, validate=validate, seed=seed,
             progress=report,
         )

@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from hwdnal.cli.remote_option import remote_option
+
 
 def register(app: typer.Typer) -> None:
     app.command("search")(search)
@@ -49,6 +51,7 @@ def search(
     ),
     latency_rate: float = typer.Option(0.05, help="Dual-ascent rate of the latency weight."),
     compile: bool = typer.Option(True, help="Measure the result on the target at the end."),
+    remote: str | None = remote_option(),
 ) -> None:
     """Learn which channels to keep with DNAL, prune them physically and finetune."""
     from hwdnal.cli.progress import RichSearchObserver, print_summary
@@ -62,7 +65,7 @@ def search(
         lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr, lambda_a=lambda_a, seed=seed,
         weights=weights, device=device, target=target, budget=budget, lut=lut,
         force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
-        compile=compile,
+        compile=compile, remote=remote,
     )
     _check_positive(epochs_weights=epochs_weights, epochs_arch=epochs_arch,
                     epochs_finetune=epochs_finetune, batch_size=batch_size)

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from hwdnal.budget import Budget
+from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.loss_terms import GateLossTerm
 from hwdnal.prune import prune_physically
-from hwdnal.runtimes.measure import Measurement
 from hwdnal.targets import Target
 
 
@@ -164,9 +164,12 @@ def subnetwork(dense: nn.Module, keep: torch.Tensor, example: torch.Tensor) -> n
 # -- the engine's view: one object holding what the search knows about its target ---------
 @dataclass
 class TargetLatency:
-    """The target, its LUT model, the dense latency and the budget, for one search."""
+    """The target, its device, its LUT model, the dense latency and the budget, for one
+    search."""
 
     target: Target
+    #: the device that measures; None for a search that measures nothing
+    measurer: Measurer | None
     input_shape: tuple[int, ...]
     channel_step: int
     dense_ms: float | None
@@ -175,6 +178,13 @@ class TargetLatency:
     budget_ms: float | None = None
     smallest_ms: float | None = None
     budget: Budget | None = None
+
+    def device(self) -> Measurer:
+        assert self.measurer is not None, "this search measures nothing"
+        return self.measurer
+
+    def fingerprint(self) -> dict[str, Any]:
+        return (self.measurer or self.target).fingerprint()
 
     def budget_against(self, dense_ms: float) -> float:
         """The budget in ms given a dense latency measured alongside (relative budgets
@@ -193,6 +203,7 @@ Reporter = Callable[[int, int, str], None]
 
 def prepare_target_latency(
     target: Target,
+    measurer: Measurer | None,
     model: nn.Module,
     model_name: str,
     example: torch.Tensor,
@@ -215,7 +226,7 @@ def prepare_target_latency(
     input_shape = input_shape_for(target.batch, example.shape[1], tuple(example.shape[2:]))
     step = target.profile.preferred_channel_step if channel_step is None else channel_step
     model = copy.deepcopy(model).cpu().eval()
-    result = TargetLatency(target, input_shape, step, None, budget=budget)
+    result = TargetLatency(target, measurer, input_shape, step, None, budget=budget)
     if known:
         result.dense_ms, result.budget_ms = known["dense_ms"], known["budget_ms"]
         result.smallest_ms = known["smallest_ms"]
@@ -223,17 +234,17 @@ def prepare_target_latency(
         _measure_dense_and_smallest(result, model, example)  # an impossible budget stops here
     if budget is not None or lut_path:
         if lut_path:
-            lut = load_lut(lut_path, target, force=force_lut)
+            lut = load_lut(lut_path, result.device(), force=force_lut)
         else:
             path = default_lut_path(model_name, target.name, input_shape)
             lut = None
             if path.exists():
                 try:
-                    lut = load_lut(path, target, force=force_lut)
+                    lut = load_lut(path, result.device(), force=force_lut)
                 except UserError:
                     lut = None  # measured elsewhere, or damaged: this cache is ours to redo
             if lut is None:
-                lut = profile_model(target, model, model_name, tuple(input_shape[2:]),
+                lut = profile_model(result.device(), model, model_name, tuple(input_shape[2:]),
                                     input_shape[1], out=path, progress=report).lut
             lut_path = str(path)
         result.latency_model, result.lut_path = LatencyModel(lut), lut_path
@@ -247,7 +258,7 @@ def _measure_dense_and_smallest(
     gated = GatedModel(copy.deepcopy(model), example.cpu())
     counts = minimal_counts(gated, result.channel_step)
     smallest = subnetwork(model, _mask(gated, _ranked(gated), counts), example)
-    dense_measured, smallest_measured = _measure_together(result.target, [model, smallest],
+    dense_measured, smallest_measured = _measure_together(result.device(), [model, smallest],
                                                           result.input_shape)
     result.dense_ms = dense_measured.median_ms
     result.smallest_ms = smallest_measured.median_ms
@@ -307,7 +318,7 @@ def fit_to_budget(
                               start)
         predicted = predicted_ms(gated, latency.latency_model, keep)
         candidate = subnetwork(dense, keep, example)
-        dense_now, measured_now = _measure_together(latency.target, [dense, candidate],
+        dense_now, measured_now = _measure_together(latency.device(), [dense, candidate],
                                                     latency.input_shape)
         budget = latency.budget_against(dense_now.median_ms)
         measured = measured_now.median_ms
@@ -332,20 +343,17 @@ def final_latency(
     dense: nn.Module, pruned: nn.Module, latency: TargetLatency
 ) -> tuple[Measurement, Measurement]:
     """Dense and pruned networks measured interleaved on the target: a fair ratio."""
-    dense_ms, pruned_ms = _measure_together(latency.target, [dense, pruned], latency.input_shape)
+    dense_ms, pruned_ms = _measure_together(latency.device(), [dense, pruned],
+                                            latency.input_shape)
     return dense_ms, pruned_ms
 
 
 def _measure_together(
-    target: Target, networks: list[nn.Module], input_shape: tuple[int, ...]
+    measurer: Measurer, networks: list[nn.Module], input_shape: tuple[int, ...]
 ) -> list[Measurement]:
-    """Interleaved measurement after a discarded warm-up round (cold caches, thread pools
+    """Interleaved measurement after a discarded warm-up pass (cold caches, thread pools
     and clock ramps inflate whatever is measured first in a process)."""
-    from hwdnal.runtimes.measure import measure_interleaved
-
-    runtime = target.create_runtime()
-    compiled = [runtime.compile(copy.deepcopy(net).cpu().eval(), input_shape)
-                for net in networks]
-    measure_interleaved(compiled, target.warmup, target.iterations, min_seconds=0.2)
-    return measure_interleaved(compiled, target.warmup, target.iterations,
-                               min_seconds=target.min_seconds)
+    return measurer.measure(
+        [(copy.deepcopy(net).cpu().eval(), input_shape) for net in networks],
+        target_settings(measurer.target, pre_seconds=0.2),
+    )

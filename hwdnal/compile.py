@@ -3,12 +3,13 @@
 `hwdnal compile` and the end of `hwdnal search` come here. Every target gets a static-shape
 ONNX file, validated by onnx's checker and compared with PyTorch on the same inputs (the
 largest absolute difference is recorded; above ``atol`` (times the largest output, when that
-exceeds 1) the artifact is refused, because a
-deployed network that computes something else is worse than none). TensorRT targets also
-get an engine (FP16, or INT8 calibrated on the run's own images), built on the device that
-will run it. The deployable file is timed with the target's own settings, and a
-``manifest.json`` beside it records what it is, where it was measured and how fast it ran,
-so that an engine found on a disk months later still explains itself.
+exceeds 1) the artifact is refused, because a deployed network that computes something else
+is worse than none). TensorRT targets also get an engine (FP16, or INT8 calibrated on the
+run's own images). Building, the accuracy check of the deployed file and its timing all go
+through the target's :class:`~hwdnal.devices.Measurer`, on the device that will run it:
+this machine, or a device's `hwdnal-agent`. A ``manifest.json`` beside it records what it
+is, where it was measured and how fast it ran, so that an engine found on a disk months
+later still explains itself.
 
 torch is imported inside the functions: `hwdnal bench` on an ONNX file needs only ONNX
 Runtime, and starts in a fraction of the time.
@@ -21,6 +22,7 @@ import datetime as _dt
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +31,10 @@ import numpy as np
 
 from hwdnal import __version__
 from hwdnal.atomic import atomic_write, write_json
+from hwdnal.devices import Deployable, Measurement, Measurer, as_measurer, open_measurer
+from hwdnal.devices.measurer import target_settings
 from hwdnal.errors import UserError
 from hwdnal.run import RunDir
-from hwdnal.runtimes.measure import Measurement, measure
 from hwdnal.targets import Target, load_target
 
 if TYPE_CHECKING:
@@ -45,7 +48,6 @@ MANIFEST_FORMAT = 1
 ONNX_ATOL = 1e-4
 ONNX_NAME = "model.onnx"
 ENGINE_NAME = "model.engine"
-CALIBRATION_CACHE_NAME = "calibration.cache"
 MANIFEST_NAME = "manifest.json"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 #: test images compared between PyTorch and the compiled network (plus random ones)
@@ -68,7 +70,6 @@ class CompiledArtifact:
     onnx_max_abs_diff: float
     engine_path: Path | None = None
     engine_max_abs_diff: float | None = None
-    calibration_cache_path: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -80,7 +81,7 @@ class CompiledArtifact:
         """``artifacts`` entries for result.json, relative to ``run_dir``."""
         root = Path(run_dir).resolve()
         paths = {"onnx": self.onnx_path, "manifest": self.manifest_path,
-                 "engine": self.engine_path, "calibration_cache": self.calibration_cache_path}
+                 "engine": self.engine_path}
         return {
             f"{self.target}.{kind}": _relative(path, root)
             for kind, path in paths.items() if path is not None
@@ -104,28 +105,43 @@ class CompiledArtifact:
 def compile_network(
     model: nn.Module,
     input_shape: Sequence[int],
-    target: Target | str | Path,
+    target: Measurer | Target | str | Path,
     out_dir: str | Path,
     *,
     int8_calibration: Iterable[Any] | None = None,
     check_inputs: Sequence[Any] | None = None,
     check_source: str = "random",
     atol: float = ONNX_ATOL,
-    runtime: Any = None,
     measurement: Measurement | None = None,
     source: dict[str, Any] | None = None,
 ) -> CompiledArtifact:
-    """Export, check, build (TensorRT), measure and describe ``model`` for ``target``.
+    """Export, check, build (on the device), measure and describe ``model`` for ``target``.
 
-    ``input_shape`` is the static shape the artifact accepts (its batch is the target's
-    batch). ``int8_calibration`` (TensorRT targets only) yields input batches, tensors or
-    arrays N×C×H×W, that TensorRT's entropy calibrator sees; ``check_inputs`` are inputs of
-    ``input_shape`` compared between PyTorch and the compiled network (four random ones are
-    always added). ``measurement`` is a timing the caller already took of this very network
-    on this target (the budget loop's last), recorded instead of timing again.
+    ``target`` is a :class:`Measurer` (its device builds and measures), or a target whose own
+    device is opened. ``input_shape`` is the static shape the artifact accepts (its batch is
+    the target's batch). ``int8_calibration`` (TensorRT targets only) yields input batches,
+    tensors or arrays N×C×H×W, that TensorRT's entropy calibrator sees; ``check_inputs`` are
+    inputs of ``input_shape`` compared between PyTorch and the deployed file on the device
+    (four random ones are always added). ``measurement`` is a timing the caller already took
+    of this very network on this device (the budget loop's last), recorded instead of timing
+    again.
     """
-    target = load_target(target) if isinstance(target, (str, Path)) else target
-    _require_usable(target)
+    measurer, owned = as_measurer(load_target(target) if isinstance(target, Path) else target)
+    try:
+        return _compile(model, input_shape, measurer, Path(out_dir), int8_calibration,
+                        check_inputs, check_source, atol, measurement, source)
+    finally:
+        if owned:
+            measurer.close()
+
+
+def _compile(
+    model: nn.Module, input_shape: Sequence[int], measurer: Measurer, out: Path,
+    int8_calibration: Iterable[Any] | None, check_inputs: Sequence[Any] | None,
+    check_source: str, atol: float, measurement: Measurement | None,
+    source: dict[str, Any] | None,
+) -> CompiledArtifact:
+    target = measurer.target
     shape = tuple(int(d) for d in input_shape)
     if int8_calibration is not None and target.runtime != "tensorrt":
         raise UserError(
@@ -136,7 +152,6 @@ def compile_network(
 
     from hwdnal.onnx_export import export_onnx, save_onnx
 
-    out = Path(out_dir)
     model = copy.deepcopy(model).cpu().float().eval()  # the caller's model stays put
     inputs = [_as_tensor(x) for x in check_inputs or []]
     for x in inputs:
@@ -151,8 +166,8 @@ def compile_network(
     static = _onnx_input_shape(_load_onnx(onnx_data, "the exported graph"))
     if static != shape:
         raise UserError(f"the exported ONNX input is {static}, not the static shape {shape}")
-    reference = _ort_reference(target, onnx_data, shape, runtime)
-    onnx_diff = _max_abs_diff(reference, inputs, expected)
+    # the export itself, checked here on the workstation with ONNX Runtime
+    onnx_diff = _max_abs_diff(_ort_outputs(onnx_data, shape, inputs), expected)
     # float32 sums of thousands of products differ in their last bits between kernels: the
     # limit is absolute for outputs up to 1 and relative (atol × largest output) above
     scale = max(1.0, max(float(np.abs(e).max()) for e in expected if e.size))
@@ -162,39 +177,40 @@ def compile_network(
             f"{atol * scale:.3g} for outputs up to {scale:.3g}); the model probably uses an "
             "operator the exporter mis-translates: nothing was written"
         )
+    calibration = None
+    if int8_calibration is not None:
+        calibration = [np.ascontiguousarray(_as_tensor(b).numpy(), dtype=np.float32)
+                       for b in int8_calibration]
+        calibration = [b for b in calibration if tuple(b.shape) == shape]
+        if not calibration:
+            raise UserError(f"no calibration batches of shape {shape} for INT8")
+    # the device builds what deploys (a module travels along where its runtime runs modules)
+    network = model if target.runtime == "torch-cuda" else onnx_data
+    deployable = measurer.build(network, shape, calibration=calibration)
+    deployed_diff = _max_abs_diff(
+        measurer.run(deployable, [x.numpy() for x in inputs]), expected
+    )
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = save_onnx(onnx_data, out / ONNX_NAME)
-
-    engine_path = cache_path = None
-    engine_diff = None
-    precision = target.precision
-    if target.runtime == "tensorrt":
-        runtime = runtime or target.create_runtime()
-        if int8_calibration is not None:
-            precision = "int8"
-            cache_path = out / CALIBRATION_CACHE_NAME
-            plan = build_int8_engine(runtime, onnx_data, shape, int8_calibration, cache_path)
-        else:
-            plan = runtime.build(onnx_data)
-        engine_path = atomic_write(out / ENGINE_NAME, lambda handle: handle.write(plan))
-        deployed = load_engine(runtime, plan)
-        engine_diff = _max_abs_diff(deployed, inputs, expected)
-    elif target.runtime == "onnxruntime":
-        _remove(out / ENGINE_NAME, out / CALIBRATION_CACHE_NAME)
-        deployed = reference  # the target's own session: what a CPU deployment runs
-    else:  # torch-cuda: the ONNX file is the portable artifact, the module is what is timed
-        _remove(out / ENGINE_NAME, out / CALIBRATION_CACHE_NAME)
-        deployed = (runtime or target.create_runtime()).compile(model, shape)
+    engine_path = None
+    if deployable.format == "engine":
+        engine_path = atomic_write(out / ENGINE_NAME,
+                                   lambda handle: handle.write(deployable.data))
+    else:
+        _remove(out / ENGINE_NAME)
     if measurement is None:
-        measurement = measure(deployed, target.warmup, target.iterations, target.min_seconds)
+        measurement = measurer.measure([(deployable, shape)], target_settings(target))[0]
+    precision = "int8" if calibration else target.precision
 
     io_names = _onnx_io_names(onnx_data)
-    files = {"onnx": onnx_path, "engine": engine_path, "calibration_cache": cache_path}
+    files = {"onnx": onnx_path, "engine": engine_path}
     manifest = {
         "format": MANIFEST_FORMAT,
         "hwdnal": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "target": {"name": target.name, "fingerprint": target.fingerprint()},
+        "target": {"name": target.name,
+                   "fingerprint": deployable.fingerprint or measurer.fingerprint()},
+        "device": measurer.where,
         "runtime": target.runtime,
         "precision": precision,
         "input_shape": list(shape),
@@ -206,20 +222,24 @@ def compile_network(
         "sha256": {path.name: _sha256(path) for path in files.values() if path is not None},
         "check": {
             "onnx_vs_torch_max_abs_diff": onnx_diff,
-            "engine_vs_torch_max_abs_diff": engine_diff,
+            "deployed_vs_torch_max_abs_diff": deployed_diff,
+            "engine_vs_torch_max_abs_diff": deployed_diff if engine_path else None,
+            "deployed_checked_on": measurer.where,
             "tolerance": atol,
             "inputs": len(inputs),
             "input_source": f"{check_source} + 4 random" if check_inputs else "4 random",
         },
-        "latency": {**measurement.to_dict(), "measured": (engine_path or onnx_path).name},
+        "latency": {**measurement.to_dict(), "measured": (engine_path or onnx_path).name,
+                    "measured_on": measurer.where},
         "source": source or {},
     }
     manifest_path = write_json(out / MANIFEST_NAME, manifest)
     return CompiledArtifact(
         out_dir=out, target=target.name, precision=precision, input_shape=shape,
         onnx_path=onnx_path, manifest_path=manifest_path, measurement=measurement,
-        onnx_max_abs_diff=onnx_diff, engine_path=engine_path, engine_max_abs_diff=engine_diff,
-        calibration_cache_path=cache_path, manifest=manifest,
+        onnx_max_abs_diff=onnx_diff,
+        engine_path=engine_path, engine_max_abs_diff=deployed_diff if engine_path else None,
+        manifest=manifest,
     )
 
 
@@ -235,15 +255,16 @@ def compile_run(
     int8: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
     atol: float = ONNX_ATOL,
+    remote: str | None = None,
 ) -> CompiledArtifact:
     """Compile a finished run's ``pruned.pt`` into ``RUN/compiled/<target>/`` and record the
-    files and the measured latency in its result.json."""
+    files and the measured latency in its result.json. ``remote``: the agent's URL when the
+    target's device is elsewhere."""
     import torch
 
     run = Path(run_dir)
     result = _read_result(run)
-    target = load_target(target_name_or_path)
-    _require_usable(target)
+    target = load_target(target_name_or_path).with_remote(remote)
     pruned_path = run / result.get("artifacts", {}).get("pruned_model", "pruned.pt")
     if not pruned_path.is_file():
         raise UserError(f"{pruned_path} is missing: the search in {run} did not finish")
@@ -260,12 +281,14 @@ def compile_run(
         else None
     )
     inputs = check_inputs_from(data, shape) if data is not None else None
-    artifact = compile_network(
-        model, shape, target, compiled_dir(run, target.name), int8_calibration=calibration,
-        check_inputs=inputs, check_source=f"{result.get('data', 'run')} test images",
-        atol=atol, source={"run": str(run.resolve()), "model": pruned_path.name,
-                           "model_name": result.get("model")},
-    )
+    with closing(open_measurer(target)) as measurer:
+        artifact = compile_network(
+            model, shape, measurer, compiled_dir(run, target.name),
+            int8_calibration=calibration, check_inputs=inputs,
+            check_source=f"{result.get('data', 'run')} test images", atol=atol,
+            source={"run": str(run.resolve()), "model": pruned_path.name,
+                    "model_name": result.get("model")},
+        )
     record_in_result(run, artifact)
     return artifact
 
@@ -309,91 +332,6 @@ def calibration_batches(data: DataSpec, shape: Sequence[int], images: int = CALI
             seen += batch
 
 
-# -- TensorRT pieces (imported lazily through the runtime object) ------------------------
-def build_int8_engine(
-    runtime: Any, onnx_data: bytes, shape: Sequence[int], batches: Iterable[Any],
-    cache_path: Path,
-) -> bytes:
-    """An INT8 engine (FP16 where a layer has no INT8 kernel) calibrated with TensorRT's
-    entropy calibrator on ``batches``; the calibration table is written to ``cache_path``
-    so the same scales can be reused (``trtexec --calib``) on another device."""
-    trt = runtime.trt
-    host = [np.ascontiguousarray(_as_tensor(b).numpy(), dtype=np.float32) for b in batches]
-    host = [b for b in host if tuple(b.shape) == tuple(shape)]
-    if not host:
-        raise UserError(f"no calibration batches of shape {tuple(shape)} for INT8")
-    builder = trt.Builder(runtime.logger)
-    major = int(str(trt.__version__).split(".")[0])
-    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, runtime.logger)
-    if not parser.parse(onnx_data):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT cannot parse the ONNX graph: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
-    config.set_flag(trt.BuilderFlag.FP16)
-    config.set_flag(trt.BuilderFlag.INT8)
-    _remove(cache_path)  # scales of an earlier network would silently be reused
-    calibrator = _entropy_calibrator(trt, host, cache_path)
-    config.int8_calibrator = calibrator  # implicit quantization: deprecated in TRT 10, working
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise RuntimeError("TensorRT failed to build the INT8 engine (see its log above)")
-    return bytes(plan)
-
-
-def _entropy_calibrator(trt: Any, host: list[np.ndarray], cache_path: Path) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding ``host`` batches through one device buffer."""
-    import torch
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.index = 0
-            self.device = torch.empty(host[0].shape, dtype=torch.float32, device="cuda")
-
-        def get_batch_size(self) -> int:
-            return int(host[0].shape[0])
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.index >= len(host):
-                return None
-            self.device.copy_(torch.from_numpy(host[self.index]))
-            torch.cuda.synchronize()
-            self.index += 1
-            return [int(self.device.data_ptr())] * len(names)
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache_path.read_bytes() if cache_path.exists() else None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            atomic_write(cache_path, lambda handle: handle.write(bytes(cache)))
-
-    return EntropyCalibrator()
-
-
-def load_engine(runtime: Any, plan: bytes) -> Any:
-    """A runnable engine; its input shape comes from the engine itself."""
-    from hwdnal.runtimes.trt import TrtCompiled
-
-    engine = runtime.runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise UserError(
-            "the TensorRT engine does not load here: engines run only on the GPU model and "
-            "TensorRT version that built them; rebuild it with `hwdnal compile` on this device"
-        )
-    trt = runtime.trt
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            shape = tuple(int(d) for d in engine.get_tensor_shape(name))
-            if any(d < 0 for d in shape):
-                raise UserError(f"the engine's input {name} has a dynamic shape {shape}")
-            return TrtCompiled(engine, shape, trt)
-    raise UserError("the TensorRT engine has no input tensor")
-
-
 # -- benchmarking any artifact -----------------------------------------------------------
 def artifact_kind(path: str | Path) -> str:
     """``"engine"`` or ``"onnx"``, judged by the suffix, else by whether ONNX can parse it."""
@@ -421,46 +359,37 @@ def artifact_input_shape(path: str | Path) -> tuple[int, ...] | None:
 
 
 def bench_artifact(
-    path: str | Path, target: Target | str | Path, runtime: Any = None
+    path: str | Path, target: Measurer | Target | str | Path, remote: str | None = None
 ) -> Measurement:
-    """Time an ONNX file or a TensorRT engine on ``target`` with the target's settings."""
-    target = load_target(target) if isinstance(target, (str, Path)) else target
+    """Time an ONNX file or a TensorRT engine on ``target``'s device with its settings."""
+    if not isinstance(target, (str, Path, Target)):
+        measurer, owned = target, False
+    else:
+        spec = load_target(target) if isinstance(target, (str, Path)) else target
+        measurer, owned = None, True
+        spec = spec.with_remote(remote)
+    spec = measurer.target if measurer is not None else spec
     path = Path(path)
     kind = artifact_kind(path)
-    if kind == "engine" and target.runtime != "tensorrt":
+    if kind == "engine" and spec.runtime != "tensorrt":
         raise UserError(
-            f"{path.name} is a TensorRT engine, but target '{target.name}' runs "
-            f"{target.runtime}: bench the .onnx file beside it, or use a TensorRT target"
+            f"{path.name} is a TensorRT engine, but target '{spec.name}' runs "
+            f"{spec.runtime}: bench the .onnx file beside it, or use a TensorRT target"
         )
-    _require_usable(target)
-    runtime = runtime or target.create_runtime()
-    if kind == "engine":
-        compiled = load_engine(runtime, path.read_bytes())
-    else:
-        shape = _onnx_input_shape(_load_onnx(path.read_bytes(), str(path)))
-        if target.runtime == "torch-cuda":
-            raise UserError(
-                f"target '{target.name}' runs PyTorch modules (torch-cuda), not ONNX files: "
-                "use a tensorrt target to bench ONNX on a GPU"
-            )
-        try:
-            compiled = runtime.compile(path.read_bytes(), shape)
-        except UserError:
-            raise
-        except Exception as error:
-            raise UserError(
-                f"{target.runtime} cannot load {path.name}: {str(error).splitlines()[0]}"
-            ) from None
-    return measure(compiled, target.warmup, target.iterations, target.min_seconds)
+    shape = artifact_input_shape(path)  # None: an engine knows its own
+    measurer = measurer or open_measurer(spec)
+    try:
+        if kind == "engine":
+            network: Any = Deployable(path.read_bytes(), "engine", shape or ())
+        else:
+            network = path.read_bytes()
+        return measurer.measure([(network, shape)], target_settings(spec))[0]
+    finally:
+        if owned:
+            measurer.close()
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _require_usable(target: Target) -> None:
-    ok, why = target.usable()
-    if not ok:
-        raise UserError(f"target '{target.name}' is not usable on this machine: {why}")
-
-
 def _read_result(run: Path) -> dict[str, Any]:
     result = RunDir(run).read_result()
     if "input_shape" not in result:
@@ -485,20 +414,18 @@ def _run_data(run: Path) -> tuple[DataSpec | None, str]:
         return None, f"its data set does not load here ({error})"
 
 
-def _ort_reference(target: Target, onnx_data: bytes, shape: tuple[int, ...], runtime: Any) -> Any:
-    """The ONNX graph on ONNX Runtime: the target's own runtime on CPU targets, a plain CPU
-    session elsewhere (TensorRT's engine is compared on its own, at its own precision)."""
-    if target.runtime == "onnxruntime":
-        return (runtime or target.create_runtime()).compile(onnx_data, shape)
-    from hwdnal.runtimes.ort import OrtRuntime
+def _ort_outputs(onnx_data: bytes, shape: tuple[int, ...], inputs: list) -> list[np.ndarray]:
+    """The exported graph on this machine's ONNX Runtime: checks the export itself."""
+    from hwdnal_agent.runtimes.ort import OrtRuntime
 
-    return OrtRuntime(precision="fp32", threads=1).compile(onnx_data, shape)
+    session = OrtRuntime(precision="fp32", threads=1).compile(onnx_data, shape)
+    return [session.run(x.numpy()) for x in inputs]
 
 
-def _max_abs_diff(compiled: Any, inputs: list, expected: list[np.ndarray]) -> float:
+def _max_abs_diff(outputs: Sequence[Any], expected: list[np.ndarray]) -> float:
     worst = 0.0
-    for x, want in zip(inputs, expected, strict=True):
-        got = np.asarray(compiled.run(x.numpy()), dtype=np.float32)
+    for got, want in zip(outputs, expected, strict=True):
+        got = np.asarray(got, dtype=np.float32)
         if got.shape != want.shape:
             raise UserError(
                 f"the compiled network outputs shape {got.shape}, PyTorch {want.shape}"

@@ -35,6 +35,7 @@ from hwdnal.budgeting import (
 )
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import DataSpec, load_data, steps_per_epoch
+from hwdnal.devices import Measurer, open_measurer
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import DeltaSchedule, GateMode
@@ -72,6 +73,8 @@ class SearchConfig:
     channels_last: bool = True
     device: str = "cpu"
     target: str = "cpu"
+    #: the agent's URL when the target's device is elsewhere (overrides the target file's)
+    remote: str | None = None
     budget: str | None = None
     lut: str | None = None
     force_lut: bool = False
@@ -132,6 +135,7 @@ class DnalSearch:
         self.resumed = False
         self.latency: TargetLatency | None = None
         self._target: Target | None = None
+        self._measurer: Measurer | None = None
         self._budget: Budget | None = None
 
     def _stopping(self) -> bool:
@@ -163,6 +167,8 @@ class DnalSearch:
             return self._run()
         finally:
             self.run_dir.unlock()
+            if self._measurer is not None:
+                self._measurer.close()
 
     def _check_inputs(self) -> None:
         """Bad input fails here, before the run directory is touched."""
@@ -171,13 +177,11 @@ class DnalSearch:
             config.data, config.data_dir, config.input_size, config.train_subset,
             config.test_subset, config.seed,
         )
-        self._target = load_target(config.target)
-        if config.compile or config.budget:  # the search measures on the target
-            usable, why = self._target.usable()
-            if not usable:
-                raise UserError(f"target '{self._target.name}' cannot be measured here: {why}")
+        self._target = load_target(config.target).with_remote(config.remote)
         self._budget = parse_budget(config.budget) if config.budget else None
         self._new_model()
+        if config.compile or config.budget or config.lut:  # the search measures on the target
+            self._measurer = open_measurer(self._target)
 
     def _run(self) -> dict[str, Any]:
         config = self.config
@@ -208,7 +212,7 @@ class DnalSearch:
             "budget": config.budget,
             "budget_ms": self.latency.budget_ms,
             "target": {"name": self.latency.target.name,
-                       "fingerprint": self.latency.target.fingerprint()},
+                       "fingerprint": self.latency.fingerprint()},
             "groups": progress.groups,
             "layers": progress.layers,
             "stages": progress.stages,
@@ -231,8 +235,8 @@ class DnalSearch:
         target = self._target
         assert target is not None
         latency = prepare_target_latency(
-            target, self._new_model(), config.model, self._example(1).cpu(), self._budget,
-            config.lut, config.force_lut, config.channel_step, known=progress.latency,
+            target, self._measurer, self._new_model(), config.model, self._example(1).cpu(),
+            self._budget, config.lut, config.force_lut, config.channel_step, known=progress.latency,
             report=self._profiling, measure=config.compile,
         )
         if progress.latency is None:
@@ -488,7 +492,7 @@ class DnalSearch:
         self.observer.stage_started("compile", 1, 1, 0)
         dense_measured, pruned_measured = final_latency(dense, pruned, latency)
         artifact = compile_network(
-            pruned, latency.input_shape, latency.target,
+            pruned, latency.input_shape, latency.device(),
             compiled_dir(self.run_dir.path, latency.target.name),
             check_inputs=check_inputs_from(self.data, latency.input_shape),
             measurement=pruned_measured,

@@ -9,7 +9,7 @@ never silently used for another.
 from __future__ import annotations
 
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from hwdnal.errors import UserError
 #: fingerprint keys that must agree between a LUT and the target it is used for
 MATCH_KEYS = (
     "device", "arch", "cpu_model", "gpu_model", "runtime", "runtime_version", "precision",
-    "batch", "threads",
+    "batch", "threads", "power_mode",
 )
 _RUNTIMES = ("onnxruntime", "tensorrt", "torch-cuda")
 _DEVICES = ("cpu", "cuda", "jetson")
@@ -59,62 +59,49 @@ class Target:
     description: str = ""
     architectures: tuple[str, ...] = ()
     profile: ProfileSettings = field(default_factory=ProfileSettings)
+    #: where the device is: "" for this machine, else the agent's URL (ssh://, tcp://, exec:)
+    remote: str = ""
+    #: file holding the agent's shared token (tcp:// agents); HWDNAL_AGENT_TOKEN wins
+    token_file: str = ""
+    #: the agent's command on the device for ssh:// (default `hwdnal-agent stdio`)
+    agent_command: str = ""
     source: str = ""
 
-    def usable(self) -> tuple[bool, str]:
-        """Whether this machine can measure the target, and if not why."""
-        from hwdnal import runtimes
+    def with_remote(self, url: str | None) -> Target:
+        """This target measured through the agent at ``url`` (``--remote``); as is for None."""
+        if not url:
+            return self
+        _check_remote(url, "--remote")
+        return replace(self, remote=url)
 
-        machine = platform.machine().lower()
-        if self.architectures and machine not in self.architectures:
+    def suits(self, arch: str, jetson: bool) -> tuple[bool, str]:
+        """Whether a device of this architecture (a Jetson or not) can run the target."""
+        where = f"the agent at {self.remote}" if self.remote else "this machine"
+        if self.architectures and arch not in self.architectures:
             return False, (
-                f"wrong architecture: this machine is {machine}, the target needs "
+                f"wrong architecture: {where} is {arch}, the target needs "
                 f"{' or '.join(self.architectures)}"
             )
-        if self.device == "jetson" and not Path("/etc/nv_tegra_release").exists():
-            return False, "not a Jetson (no /etc/nv_tegra_release)"
-        return runtimes.check(self.runtime)
+        if self.device == "jetson" and not jetson:
+            return False, f"{where} is not a Jetson (no /etc/nv_tegra_release)"
+        return True, ""
 
-    def create_runtime(self):
-        """The runtime that compiles and times networks for this target."""
-        from hwdnal import runtimes
+    def usable(self) -> tuple[bool, str]:
+        """Whether this machine can measure the target, and if not why (remote targets are
+        asked through :func:`hwdnal.devices.open_measurer`)."""
+        from hwdnal_agent import runtimes
+        from hwdnal_agent.device_info import is_jetson
 
-        ok, why = self.usable()
-        if not ok:
-            raise UserError(f"target '{self.name}' is not usable on this machine: {why}")
-        return runtimes.create(self.runtime, precision=self.precision, threads=self.threads)
-
-    def measure(self, network: Any, input_shape: tuple[int, ...], runtime: Any = None) -> Any:
-        """Compile ``network`` (module or ONNX) for this target and time it with the target's
-        warm-up, iterations and minimum time; returns a ``Measurement`` (median, p90)."""
-        from hwdnal.runtimes.measure import measure
-
-        runtime = runtime or self.create_runtime()
-        compiled = runtime.compile(network, input_shape)
-        return measure(compiled, self.warmup, self.iterations, self.min_seconds)
+        ok, why = self.suits(platform.machine().lower(), is_jetson())
+        return runtimes.check(self.runtime) if ok else (ok, why)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies measurements taken for this target on this machine (computed
         without starting the runtime, so listing and checking LUTs stays cheap)."""
-        from hwdnal import runtimes
-        from hwdnal.runtimes._common import gpu_name
-        from hwdnal.runtimes.ort import cpu_model
+        from hwdnal_agent.device_info import fingerprint
 
-        version = runtimes.installed_version(self.runtime)
-        gpu = gpu_name() if self.device != "cpu" else "none"
-        return {
-            "target": self.name,
-            "device": self.device,
-            "arch": platform.machine().lower(),
-            "cpu_model": cpu_model(),
-            "gpu_model": gpu,
-            "runtime": self.runtime,
-            "runtime_version": version,
-            "precision": self.precision,
-            "batch": self.batch,
-            "threads": self.threads,
-            "hwdnal_version": __version__,
-        }
+        found = fingerprint(self.runtime, self.device, self.precision, self.threads, self.batch)
+        return {"target": self.name, **found, "hwdnal_version": __version__}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -183,6 +170,11 @@ def parse_target(text: str, source: str = "<string>") -> Target:
         raise UserError(
             f"target file {source}: unknown [profile] keys {', '.join(sorted(unknown))}"
         )
+    for key in ("remote", "token_file", "agent_command"):
+        if not isinstance(data.get(key, ""), str):
+            raise UserError(f"target file {source}: '{key}' must be a string")
+    if data.get("remote"):
+        _check_remote(data["remote"], f"target file {source}: remote")
     try:
         profile = ProfileSettings(
             **{k: float(v) if k.endswith("seconds") else int(v) for k, v in profile_data.items()}
@@ -202,6 +194,14 @@ def parse_target(text: str, source: str = "<string>") -> Target:
     if profile.grid_step < 1 or profile.grid_points < 1:
         raise UserError(f"target file {source}: grid_step and grid_points must be >= 1")
     return target
+
+
+def _check_remote(url: str, where: str) -> None:
+    if not url.startswith(("ssh://", "tcp://", "exec:")):
+        raise UserError(
+            f"{where} '{url}' is not an agent URL: use ssh://[user@]host[:port], "
+            "tcp://host:port or exec:COMMAND"
+        )
 
 
 def fingerprint_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:

@@ -116,7 +116,8 @@ def test_gpu_target_without_gpu_or_tensorrt(tmp_path: Path):
         pytest.skip("this machine has a GPU")
     measured = [option for option in FAST if option != "--no-compile"]
     assert_clear_error(search(tmp_path, *measured, "--target", "gpu"),
-                       "target 'gpu' cannot be measured here", "GPU")
+                       "target 'gpu' cannot be measured on this machine", "GPU",
+                       "--remote")
 
 
 def test_tensorrt_engine_asked_for_where_it_is_absent(tmp_path: Path):

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hwdnal_agent.timing import Measurement
+
 from hwdnal.atomic import write_json
-from hwdnal.runtimes.measure import Measurement
 from hwdnal.targets import MATCH_KEYS
 
 SCHEMA = "hwdnal-measurement-cache"

@@ -17,13 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwdnal.devices import as_measurer
+from hwdnal.devices.measurer import Measurement, Measurer, layer_settings, target_settings
 from hwdnal.gated import GatedModel
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.calibration import error_summary, fit_correction, random_subnetworks
 from hwdnal.latency.lut import Calibration, Lut
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.latency.profiler import build_entries, discover_layers, measure_grid, plan_grid
-from hwdnal.runtimes.measure import Measurement, measure_interleaved
+from hwdnal.targets import Target
 
 Progress = Callable[[int, int, str], None]
 NETWORK_BATCH = 12  # whole networks compiled and timed together
@@ -54,7 +56,7 @@ def default_lut_path(model_name: str, target_name: str, input_shape: Sequence[in
 
 
 def profile_model(
-    target,
+    device: Measurer | Target | str,
     model: nn.Module,
     model_name: str,
     input_size: int | Sequence[int],
@@ -69,15 +71,31 @@ def profile_model(
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
 ) -> ProfileResult:
-    """Profile ``model`` on ``target`` (a :class:`hwdnal.targets.Target`) and save its LUT."""
+    """Profile ``model`` on a target's device (a Measurer, or a target opened now) and save
+    its LUT."""
+    measurer, owned = as_measurer(device)
+    try:
+        return _profile(measurer, model, model_name, input_size, in_channels, out, step,
+                        grid_points, calibrate, validate, seed, cache_dir, progress)
+    finally:
+        if owned:
+            measurer.close()
+
+
+def _profile(
+    measurer: Measurer, model: nn.Module, model_name: str, input_size: int | Sequence[int],
+    in_channels: int, out: str | Path | None, step: int | None, grid_points: int | None,
+    calibrate: int | None, validate: int | None, seed: int, cache_dir: str | Path | None,
+    progress: Progress | None,
+) -> ProfileResult:
     started = time.monotonic()
+    target = measurer.target
     settings = target.profile
     step = step or settings.grid_step
     grid_points = grid_points or settings.grid_points
     calibrate = settings.calibrate if calibrate is None else calibrate
     validate = settings.validate if validate is None else validate
-    runtime = target.create_runtime()
-    fingerprint = target.fingerprint()
+    fingerprint = measurer.fingerprint()
     input_shape = input_shape_for(target.batch, in_channels, input_size)
     path = Path(out) if out else default_lut_path(model_name, target.name, input_shape)
     cache = MeasurementCache.for_target(cache_dir or path.parent / ".cache", fingerprint)
@@ -88,8 +106,7 @@ def profile_model(
     layers = discover_layers(gated, example)
     entries = plan_grid(layers, step, grid_points)
     grid_measured = measure_grid(
-        entries, runtime, target.batch, cache, settings.layer_warmup, settings.layer_iterations,
-        progress, settings.layer_min_seconds,
+        entries, measurer, target.batch, cache, layer_settings(target), progress
     )
     lut_entries, lut_layers = build_entries(entries, layers, cache)
     lut = Lut(
@@ -120,9 +137,7 @@ def profile_model(
     prefix = f"net | {model_id} | seed{seed} | m{multiple}"
     named += [(f"{prefix} | strat-cal{i}", n) for i, n in enumerate(calibration_nets)]
     named += [(f"{prefix} | val{i}", n) for i, n in enumerate(validation_nets)]
-    networks_now = _measure_networks(
-        named, runtime, input_shape, target, cache, progress, seed
-    )
+    networks_now = _measure_networks(named, measurer, input_shape, cache, progress, seed)
     measured = {key: cache.get(key) for key, _ in named}
     features = {key: predictor.features_module(net) for key, net in named}
     raw = {key: value[0] for key, value in features.items()}
@@ -164,7 +179,7 @@ def profile_model(
 
 
 def _measure_networks(
-    named: list[tuple[str, nn.Module]], runtime, input_shape: tuple[int, ...], target,
+    named: list[tuple[str, nn.Module]], measurer: Measurer, input_shape: tuple[int, ...],
     cache: MeasurementCache, progress: Progress | None, seed: int = 0,
 ) -> int:
     """Measure the networks not in the cache, with the first one (the dense model) in every
@@ -181,22 +196,17 @@ def _measure_networks(
     order = torch.randperm(len(todo), generator=torch.Generator().manual_seed(seed)).tolist()
     todo = [todo[i] for i in order]
     measured_now = 0
-    if reference_key not in cache or todo:
-        reference_compiled = runtime.compile(reference, input_shape)
+    settings = target_settings(measurer.target)
     if reference_key not in cache and not todo:
-        cache.put(reference_key, measure_interleaved(
-            [reference_compiled], warmup=target.warmup, iterations=target.iterations,
-            min_seconds=target.min_seconds)[0])
+        cache.put(reference_key, measurer.measure([(reference, input_shape)], settings)[0])
         measured_now += 1
     total = len(todo)
     if progress:
         progress(0, total, "whole networks")
     for start in range(0, total, NETWORK_BATCH - 1):
         chunk = todo[start : start + NETWORK_BATCH - 1]
-        compiled = [reference_compiled] + [runtime.compile(net, input_shape) for _, net in chunk]
-        results = measure_interleaved(
-            compiled, warmup=target.warmup, iterations=target.iterations,
-            min_seconds=target.min_seconds,
+        results = measurer.measure(
+            [(reference, input_shape)] + [(net, input_shape) for _, net in chunk], settings
         )
         if reference_key not in cache:
             cache.put(reference_key, results[0])
@@ -207,7 +217,6 @@ def _measure_networks(
                                        result.samples))
         cache.flush()
         measured_now += len(chunk)
-        del compiled
         if progress:
             progress(min(start + NETWORK_BATCH - 1, total), total, "whole networks")
     return measured_now

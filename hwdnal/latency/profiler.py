@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from hwdnal.devices.measurer import Measurer, TimingSettings
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.grid import channel_axis, monotone
 from hwdnal.latency.lut import LutEntry, LutLayer
 from hwdnal.latency.signature import LayerGeometry, LayerInfo, geometry_of, layer_shapes
-from hwdnal.runtimes.measure import measure_interleaved
 
 #: progress(done, total, what) — called after each measured batch
 Progress = Callable[[int, int, str], None]
@@ -98,15 +98,15 @@ def point_key(geometry: LayerGeometry, in_channels: int, out_channels: int) -> s
 
 def measure_grid(
     entries: dict[str, GridEntry],
-    runtime,
+    measurer: Measurer,
     batch: int,
     cache: MeasurementCache,
-    warmup: int,
-    iterations: int,
+    settings: TimingSettings,
     progress: Progress | None = None,
-    min_seconds: float = 0.0,
 ) -> int:
-    """Measure every grid point not yet in ``cache``; returns how many were measured now."""
+    """Measure every grid point not yet in ``cache``; returns how many were measured now.
+
+    Each batch of points is one request to the device (one round trip to a remote agent)."""
     todo: list[tuple[LayerGeometry, int, int]] = []
     seen: set[str] = set()
     for entry in entries.values():
@@ -121,17 +121,14 @@ def measure_grid(
     try:
         for start in range(0, total, BATCH):
             chunk = todo[start : start + BATCH]
-            compiled = [
-                runtime.compile(geometry.build(cin, cout), geometry.input_shape(batch, cin))
-                for geometry, cin, cout in chunk
-            ]
-            results = measure_interleaved(
-                compiled, warmup=warmup, iterations=iterations, burst=5, min_seconds=min_seconds
+            results = measurer.measure(
+                [(geometry.build(cin, cout), geometry.input_shape(batch, cin))
+                 for geometry, cin, cout in chunk],
+                settings,
             )
             for (geometry, cin, cout), result in zip(chunk, results, strict=True):
                 cache.put(point_key(geometry, cin, cout), result)
             cache.flush()  # even a SIGKILL loses at most the batch in progress
-            del compiled
             if progress:
                 progress(min(start + BATCH, total), total, chunk[-1][0].key())
     finally:  # Ctrl-C or a crash keeps every finished point for the next run

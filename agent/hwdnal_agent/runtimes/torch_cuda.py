@@ -1,16 +1,20 @@
 """PyTorch on a CUDA GPU without TensorRT: the module replayed as a CUDA graph, timed with
-CUDA events. Only modules compile here (there is no ONNX importer in torch)."""
+CUDA events. Used only where torch is already installed.
+
+Locally, hwdnal hands over modules. Through the agent only ONNX arrives; it becomes a module
+with ``onnx2torch`` when that is installed (``pip install onnx2torch``), and the runtime
+says so otherwise. The ONNX file is what deploys.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from hwdnal.errors import UserError
-from hwdnal.runtimes._common import gpu_name, nvidia_gpu_present, package_version
+from hwdnal_agent.device_info import gpu_name, nvidia_gpu_present, package_version
+from hwdnal_agent.errors import DeviceError
 
 NAME = "torch-cuda"
 
@@ -23,6 +27,10 @@ def check() -> tuple[bool, str]:
     gpu, why = nvidia_gpu_present()
     if not gpu:
         return False, why
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False, "torch is not installed"
     import torch
 
     if not torch.cuda.is_available():
@@ -77,15 +85,13 @@ class CudaGraphCompiled:
 
 class TorchCudaRuntime:
     name = NAME
+    deployable_format = "onnx"
 
     def __init__(self, precision: str = "fp16", threads: int = 1) -> None:
-        ok, why = check()
-        if not ok:
-            raise UserError(f"the torch-cuda runtime cannot run here: {why}")
         import torch
 
         if precision not in ("fp16", "fp32"):
-            raise UserError(f"torch-cuda targets support fp16 or fp32, not {precision}")
+            raise DeviceError(f"torch-cuda targets support fp16 or fp32, not {precision}")
         self.torch = torch
         self.precision = precision
         self.threads = int(threads)
@@ -97,15 +103,33 @@ class TorchCudaRuntime:
     def device_name(self) -> str:
         return self.torch.cuda.get_device_name() if self.torch.cuda.is_available() else gpu_name()
 
-    def compile(self, network: Any, input_shape: Sequence[int]) -> CudaGraphCompiled:
-        if not isinstance(network, self.torch.nn.Module):
-            raise UserError(
-                "the torch-cuda runtime compiles PyTorch modules only, not ONNX files; use a "
-                "tensorrt target for ONNX"
-            )
+    def _module(self, network: Any) -> Any:
+        if isinstance(network, self.torch.nn.Module):
+            return copy.deepcopy(network)
+        if not isinstance(network, (bytes, bytearray)):
+            raise DeviceError("torch-cuda compiles modules or ONNX bytes")
+        try:
+            import onnx
+            from onnx2torch import convert
+        except ImportError:
+            raise DeviceError(
+                "torch-cuda on an agent needs onnx2torch to run ONNX: pip install onnx2torch"
+            ) from None
+        return convert(onnx.load_from_string(bytes(network)))
+
+    def compile(self, network: Any, input_shape: Sequence[int] | None) -> CudaGraphCompiled:
+        if input_shape is None:
+            raise DeviceError("torch-cuda needs the input shape")
         dtype = self.torch.float16 if self.precision == "fp16" else self.torch.float32
-        module = copy.deepcopy(network).eval().to(device="cuda", dtype=dtype)
+        module = self._module(network).eval().to(device="cuda", dtype=dtype)
         return CudaGraphCompiled(module, tuple(int(d) for d in input_shape), dtype)
+
+    def build(self, onnx_data: bytes, input_shape: Sequence[int]) -> bytes:
+        """The ONNX file deploys (a PyTorch deployment loads it, or the module it came from)."""
+        return bytes(onnx_data)
+
+    def load(self, deployable: bytes, input_shape: Sequence[int] | None) -> CudaGraphCompiled:
+        return self.compile(deployable, input_shape)
 
 
 def create(precision: str = "fp16", threads: int = 1) -> TorchCudaRuntime:

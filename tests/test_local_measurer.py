@@ -1,15 +1,25 @@
-"""Runtimes: ONNX Runtime measured for real here; TensorRT and torch-cuda where there is a GPU."""
+"""The local device behind the Measurer seam: the agent's runtimes run in process.
+
+ONNX Runtime is measured for real here; TensorRT and torch-cuda where there is a GPU.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import onnx
 import pytest
 import torch
+from hwdnal_agent import runtimes
+from hwdnal_agent.timing import TimingSettings, measure, measure_interleaved, summarize
 from torch import nn
 
-from hwdnal import runtimes
+from hwdnal.devices import open_measurer
+from hwdnal.errors import UserError
 from hwdnal.onnx_export import export_checked, export_onnx
-from hwdnal.runtimes.measure import measure, measure_interleaved, summarize
+from hwdnal.targets import load_target
+
+QUICK = TimingSettings(warmup=2, iterations=20)
 
 
 def _small_net() -> nn.Module:
@@ -28,22 +38,22 @@ def test_onnx_export_is_one_checked_file_matching_torch(tmp_path) -> None:
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 16, 16]
 
 
-def test_onnxruntime_runs_and_matches_torch() -> None:
+def test_onnxruntime_runs_onnx_and_matches_torch() -> None:
     runtime = runtimes.create("onnxruntime", precision="fp32", threads=1)
     net = _small_net()
-    compiled = runtime.compile(net, (1, 3, 16, 16))
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         expected = net(x).numpy()
+    compiled = runtime.compile(export_onnx(net, (1, 3, 16, 16)), (1, 3, 16, 16))
     assert abs(compiled.run(x.numpy()) - expected).max() < 1e-4
-    compiled_from_onnx = runtime.compile(export_onnx(net, (1, 3, 16, 16)), (1, 3, 16, 16))
-    assert abs(compiled_from_onnx.run(x.numpy()) - expected).max() < 1e-4
 
 
 def test_onnxruntime_measures_median_and_p90() -> None:
     runtime = runtimes.create("onnxruntime", threads=1)
-    small = runtime.compile(nn.Conv2d(4, 4, 3, padding=1), (1, 4, 32, 32))
-    large = runtime.compile(nn.Conv2d(128, 128, 3, padding=1), (1, 128, 32, 32))
+    small = runtime.compile(export_onnx(nn.Conv2d(4, 4, 3, padding=1), (1, 4, 32, 32)), None)
+    large = runtime.compile(export_onnx(nn.Conv2d(128, 128, 3, padding=1), (1, 128, 32, 32)),
+                            None)
+    assert small.input_shape == (1, 4, 32, 32)  # read from the ONNX file when not given
     one = measure(small, warmup=2, iterations=20)
     assert 0 < one.median_ms <= one.p90_ms and one.samples == 20
     a, b = measure_interleaved([small, large], warmup=2, iterations=20)
@@ -52,8 +62,39 @@ def test_onnxruntime_measures_median_and_p90() -> None:
 
 def test_min_seconds_runs_fast_networks_longer() -> None:
     runtime = runtimes.create("onnxruntime", threads=1)
-    tiny = runtime.compile(nn.Conv2d(2, 2, 1), (1, 2, 4, 4))
+    tiny = runtime.compile(export_onnx(nn.Conv2d(2, 2, 1), (1, 2, 4, 4)), None)
     assert measure(tiny, warmup=2, iterations=5, min_seconds=0.05).samples > 5
+
+
+def test_local_measurer_times_modules_and_onnx_interleaved() -> None:
+    measurer = open_measurer(load_target("cpu"))
+    assert measurer.where == "this machine" and measurer.fingerprint()["target"] == "cpu"
+    small, large = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(128, 128, 3, padding=1)
+    a, b = measurer.measure(
+        [(small, (1, 4, 32, 32)), (export_onnx(large, (1, 128, 32, 32)), (1, 128, 32, 32))],
+        QUICK,
+    )
+    assert a.samples == b.samples == 20 and b.median_ms > 5 * a.median_ms
+
+
+def test_local_measurer_builds_and_runs_the_deployable() -> None:
+    measurer = open_measurer(load_target("cpu"))
+    net, shape = _small_net(), (1, 3, 16, 16)
+    deployable = measurer.build(net, shape)
+    assert deployable.format == "onnx" and onnx.load_from_string(deployable.data).graph.node
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        expected = net(x).numpy()
+    (out,) = measurer.run(deployable, [x.numpy()])
+    assert abs(out - expected).max() < 1e-4
+    (timed,) = measurer.measure([(deployable, shape)], QUICK)
+    assert timed.median_ms > 0
+
+
+def test_a_target_this_machine_cannot_run_is_refused_in_one_line() -> None:
+    arm = load_target("arm-cpu")
+    with pytest.raises(UserError, match="wrong architecture: this machine is x86_64"):
+        open_measurer(replace(arm, architectures=("riscv64",)))
 
 
 def test_summary_statistics() -> None:
@@ -62,10 +103,9 @@ def test_summary_statistics() -> None:
 
 
 def test_onnxruntime_refuses_fp16() -> None:
-    from hwdnal.errors import UserError
-
+    fp16 = replace(load_target("cpu"), precision="fp16")
     with pytest.raises(UserError, match="fp32"):
-        runtimes.create("onnxruntime", precision="fp16")
+        open_measurer(fp16).measure([(nn.Conv2d(2, 2, 1), (1, 2, 4, 4))], QUICK)
 
 
 TRT_OK, TRT_WHY = runtimes.check("tensorrt")
@@ -75,7 +115,7 @@ TRT_OK, TRT_WHY = runtimes.check("tensorrt")
 def test_tensorrt_builds_fp16_engine_and_measures() -> None:
     runtime = runtimes.create("tensorrt", precision="fp16")
     net = _small_net()
-    compiled = runtime.compile(net, (1, 3, 32, 32))
+    compiled = runtime.compile(export_onnx(net, (1, 3, 32, 32)), (1, 3, 32, 32))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         expected = net(x).numpy()

@@ -1,4 +1,5 @@
-"""How every latency in hwdnal is measured: warm-up, many timed runs, median and p90.
+"""How every latency in hwdnal is taken, on a device or locally: warm-up, many timed runs,
+median and p90.
 
 Comparing several networks on a shared machine is only fair when they see the same noise,
 so :func:`measure_interleaved` runs them round-robin in short bursts and takes each one's
@@ -8,10 +9,11 @@ median over all its bursts: a noisy second hurts all of them alike instead of on
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
-from hwdnal.runtimes import Compiled
+if TYPE_CHECKING:
+    from hwdnal_agent.runtimes import Compiled
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,45 @@ class Measurement:
 
     def to_dict(self) -> dict[str, float | int]:
         return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "samples": self.samples}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Measurement:
+        return cls(float(data["median_ms"]), float(data["p90_ms"]), int(data["samples"]))
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How long and how often each network runs (a target's warm-up/iterations/min-seconds).
+
+    ``pre_seconds`` > 0 first runs one discarded interleaved pass of that length: cold
+    caches, thread pools and clock ramps inflate whatever is measured first in a process.
+    """
+
+    warmup: int = 10
+    iterations: int = 50
+    min_seconds: float = 0.0
+    burst: int = 5
+    max_iterations: int = 5000
+    pre_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"warmup": self.warmup, "iterations": self.iterations,
+                "min_seconds": self.min_seconds, "burst": self.burst,
+                "max_iterations": self.max_iterations, "pre_seconds": self.pre_seconds}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TimingSettings:
+        """Settings from a request; unknown keys and nonsense values are refused."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError("unknown timing settings: " + ", ".join(sorted(unknown)))
+        settings = cls(**{k: (float(v) if k.endswith("seconds") else int(v))
+                          for k, v in data.items()})
+        if settings.iterations < 1 or settings.warmup < 0 or settings.burst < 1:
+            raise ValueError("iterations and burst must be >= 1, warmup >= 0")
+        if not (0 <= settings.min_seconds <= 600 and 0 <= settings.pre_seconds <= 600):
+            raise ValueError("min_seconds and pre_seconds must lie in [0, 600]")
+        return settings
 
 
 def summarize(times_ms: Sequence[float]) -> Measurement:
@@ -43,6 +84,15 @@ def measure(
     return measure_interleaved(
         [compiled], warmup=warmup, iterations=iterations, min_seconds=min_seconds
     )[0]
+
+
+def measure_with(compiled: Sequence[Compiled], settings: TimingSettings) -> list[Measurement]:
+    """:func:`measure_interleaved` with a :class:`TimingSettings` (after its discarded pass)."""
+    if settings.pre_seconds > 0:
+        measure_interleaved(compiled, settings.warmup, settings.iterations, settings.burst,
+                            settings.pre_seconds, settings.max_iterations)
+    return measure_interleaved(compiled, settings.warmup, settings.iterations, settings.burst,
+                               settings.min_seconds, settings.max_iterations)
 
 
 def measure_interleaved(

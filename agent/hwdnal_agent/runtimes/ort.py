@@ -2,20 +2,19 @@
 
 Threads are pinned (intra- and inter-op) and execution is sequential so a latency is a
 property of the network, not of the scheduler; graph optimisations are all on, as deployed
-(Conv+BN+ReLU fuse into one kernel).
+(Conv+BN+ReLU fuse into one kernel). The ONNX file itself is what deploys.
 """
 
 from __future__ import annotations
 
-import platform
 import time
-from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
-from hwdnal.errors import UserError
-from hwdnal.runtimes._common import as_onnx_bytes, package_version
+from hwdnal_agent.device_info import cpu_model, package_version
+from hwdnal_agent.errors import DeviceError
 
 NAME = "onnxruntime"
 
@@ -30,19 +29,6 @@ def check() -> tuple[bool, str]:
     if importlib.util.find_spec("onnxruntime") is None:
         return False, "onnxruntime is not installed (pip install onnxruntime)"
     return True, f"onnxruntime {installed_version()}"
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), for fingerprints."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class OrtCompiled:
@@ -70,12 +56,14 @@ class OrtCompiled:
 
 class OrtRuntime:
     name = NAME
+    deployable_format = "onnx"
 
     def __init__(self, precision: str = "fp32", threads: int = 1) -> None:
         if precision != "fp32":
-            raise UserError(
+            raise DeviceError(
                 f"onnxruntime targets run fp32 only, the target asks for {precision}; "
-                "set precision = \"fp32\" in the target file"
+                "set precision = "
+                "\"fp32\" in the target file"
             )
         import onnxruntime
 
@@ -89,7 +77,13 @@ class OrtRuntime:
     def device_name(self) -> str:
         return cpu_model()
 
-    def compile(self, network: Any, input_shape: Sequence[int]) -> OrtCompiled:
+    def compile(self, network: Any, input_shape: Sequence[int] | None) -> OrtCompiled:
+        """A session for ONNX ``network`` (bytes or a path); its static input shape is used
+        when ``input_shape`` is None."""
+        if isinstance(network, (str, Path)):
+            network = Path(network).read_bytes()
+        if not isinstance(network, (bytes, bytearray)):
+            raise DeviceError(f"onnxruntime compiles ONNX bytes, not {type(network).__name__}")
         ort = self._ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -97,10 +91,26 @@ class OrtRuntime:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        session = ort.InferenceSession(
-            as_onnx_bytes(network, input_shape), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            session = ort.InferenceSession(bytes(network), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT raises its own Fail/InvalidGraph types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise DeviceError(f"onnxruntime cannot load the model: {first}") from None
+        if input_shape is None:
+            dims = session.get_inputs()[0].shape
+            if not all(isinstance(d, int) and d > 0 for d in dims):
+                raise DeviceError(f"the ONNX model's input has a dynamic shape {dims}")
+            input_shape = dims
         return OrtCompiled(session, tuple(int(d) for d in input_shape))
+
+    def build(self, onnx_data: bytes, input_shape: Sequence[int]) -> bytes:
+        """CPU targets deploy the ONNX file itself: checked by loading it, returned as is."""
+        self.compile(onnx_data, input_shape)
+        return bytes(onnx_data)
+
+    def load(self, deployable: bytes, input_shape: Sequence[int] | None) -> OrtCompiled:
+        return self.compile(deployable, input_shape)
 
 
 def create(precision: str = "fp32", threads: int = 1) -> OrtRuntime:

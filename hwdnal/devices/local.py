@@ -1,0 +1,104 @@
+"""The device is this machine: the runtimes of :mod:`hwdnal_agent.runtimes`, in process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from hwdnal_agent import runtimes
+from hwdnal_agent.errors import DeviceError
+from hwdnal_agent.timing import Measurement, TimingSettings, measure_with
+
+from hwdnal.devices.measurer import Deployable, Network
+from hwdnal.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hwdnal.targets import Target
+
+
+class LocalMeasurer:
+    where = "this machine"
+
+    def __init__(self, target: Target) -> None:
+        ok, why = target.usable()
+        if not ok:
+            raise UserError(
+                f"target '{target.name}' cannot be measured on this machine: {why}; to measure "
+                "on the device, start hwdnal-agent there and pass --remote URL "
+                "(docs/devices.md)"
+            )
+        self.target = target
+        self._runtime: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            self._runtime = _device_call(lambda: runtimes.create(
+                self.target.runtime, precision=self.target.precision,
+                threads=self.target.threads))
+        return self._runtime
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.target.fingerprint()
+
+    def _compiled(self, network: Network, input_shape: Sequence[int] | None) -> Any:
+        shape = tuple(int(d) for d in input_shape) if input_shape else None
+        if isinstance(network, Deployable):
+            if self.target.runtime == "torch-cuda" and network.source is not None:
+                return self.runtime.compile(network.source, shape)
+            return self.runtime.load(network.data, shape)
+        if self.target.runtime == "torch-cuda" or isinstance(network, (bytes, bytearray)):
+            return self.runtime.compile(network, shape)
+        from hwdnal.onnx_export import export_onnx
+
+        return self.runtime.compile(export_onnx(network, shape, check=False), shape)
+
+    def measure(
+        self, networks: Sequence[tuple[Network, Sequence[int]]], settings: TimingSettings
+    ) -> list[Measurement]:
+        def work() -> list[Measurement]:
+            compiled = [self._compiled(net, shape) for net, shape in networks]
+            return measure_with(compiled, settings)
+
+        return _device_call(work)
+
+    def build(
+        self, network: Network, input_shape: Sequence[int],
+        calibration: Sequence[np.ndarray] | None = None,
+    ) -> Deployable:
+        shape = tuple(int(d) for d in input_shape)
+        source = None
+        if isinstance(network, Deployable):
+            return network
+        if not isinstance(network, (bytes, bytearray)):
+            from hwdnal.onnx_export import export_onnx
+
+            source, network = network, export_onnx(network, shape, check=False)
+        runtime = self.runtime
+        extra = {"calibration": list(calibration)} if calibration else {}
+        data = _device_call(lambda: runtime.build(bytes(network), shape, **extra))
+        return Deployable(data, runtime.deployable_format, shape, self.fingerprint(), source)
+
+    def run(self, deployable: Deployable, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        def work() -> list[np.ndarray]:
+            compiled = self._compiled(deployable, deployable.input_shape)
+            return [compiled.run(x) for x in inputs]
+
+        return _device_call(work)
+
+    def close(self) -> None:
+        self._runtime = None
+
+
+def _device_call(work: Any) -> Any:
+    """Runtimes raise DeviceError; hwdnal's commands report UserError in one line."""
+    try:
+        return work()
+    except DeviceError as error:
+        raise UserError(str(error)) from None
