@@ -7,7 +7,7 @@ ARCH   := $(shell uname -m)
 # torch builds that install offline on this kind of machine; aarch64 has a CPU build of 2.9.1
 TORCH  := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: install data demo test test-fast lint bench clean
+.PHONY: install data demo test test-fast lint bench clean agent-venv
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,21 @@ $(VENV)/.installed: pyproject.toml agent/pyproject.toml
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e './agent[onnxruntime]'
 	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# The device side as a device installs it: hwdnal-agent with ONNX Runtime in a venv of its
+# own, without torch, on the oldest Python it supports that this machine has (3.8 here).
+AGENT_VENV ?= .venv-agent
+AGENT_PY := $(shell for p in python3.8 $$HOME/.pyenv/versions/3.8*/bin/python3.8 python3; do \
+	$$p -c 'import sys' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
+agent-venv: $(AGENT_VENV)/.installed
+
+$(AGENT_VENV)/.installed: agent/pyproject.toml $(wildcard agent/hwdnal_agent/*.py agent/hwdnal_agent/runtimes/*.py)
+	rm -rf $(AGENT_VENV)
+	$(AGENT_PY) -m venv $(AGENT_VENV)
+	$(AGENT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AGENT_VENV)/bin/python -m pip install -q './agent[onnxruntime]'
 	touch $@
 
 data: install
@@ -30,8 +45,8 @@ demo: data
 		--epochs-finetune 3
 	$(VENV)/bin/hwdnal report runs/demo
 
-test: data
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
+test: data agent-venv
+	HWDNAL_AGENT_VENV=$(AGENT_VENV) $(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
 	exit $$rc
 
@@ -40,6 +55,8 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check hwdnal cli tests bench
+	cd agent && ../$(VENV)/bin/ruff check .
+	$(VENV)/bin/vermin -t=3.8- --no-tips --violations agent/hwdnal_agent
 
 clean:
 	rm -rf runs build *.egg-info

@@ -495,7 +495,7 @@ class DnalSearch:
             pruned, latency.input_shape, latency.device(),
             compiled_dir(self.run_dir.path, latency.target.name),
             check_inputs=check_inputs_from(self.data, latency.input_shape),
-            measurement=pruned_measured,
+            check_source=f"{self.config.data} test images", measurement=pruned_measured,
         )
         result["artifacts"].update(artifact.artifact_paths(self.run_dir.path))
         result["compiled"] = {latency.target.name: artifact.summary()}

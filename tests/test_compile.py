@@ -179,7 +179,8 @@ def test_int8_on_a_cpu_target_and_unusable_targets_are_user_errors(tmp_path: Pat
         ok, why = load_target(name).usable()
         if ok:
             continue
-        with pytest.raises(UserError, match=f"target .{name}. cannot be measured on this machine.*{re.escape(why)}"):
+        refusal = f"target .{name}. cannot be measured on this machine.*{re.escape(why)}"
+        with pytest.raises(UserError, match=refusal):
             compile_network(model, (1, 3, 16, 16), name, tmp_path)
 
 

@@ -52,7 +52,7 @@ def check_token(token: str, origin: str) -> bytes:
     """The HMAC key for a token text (surrounding whitespace dropped)."""
     token = token.strip()
     if len(token) < MIN_TOKEN_CHARS:
-        raise TokenError(f"the token in {origin} is shorter than {MIN_TOKEN_CHARS} characters; "
+        raise TokenError(f"{origin} is shorter than {MIN_TOKEN_CHARS} characters; "
                          "make one with `hwdnal-agent token --out FILE`")
     return token.encode("utf-8")
 
@@ -64,7 +64,7 @@ def load_token(path: str | Path) -> bytes:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise TokenError(f"cannot read the token file {path}: {error.strerror or error}") from None
-    return check_token(text, str(path))
+    return check_token(text, f"the token in {path}")
 
 
 def loosely_readable(path: str | Path) -> bool:

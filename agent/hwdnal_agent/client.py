@@ -303,7 +303,7 @@ class AgentClient:
                 raise AuthError(f"the agent at {url} needs a token: set {TOKEN_ENV} or token_file "
                                 "in the target")
             try:
-                self._key = check_token(token, "the token for " + url)
+                self._key = check_token(token, f"the token given for {url}")
             except TokenError as error:
                 raise AuthError(str(error)) from None
         elif self.greeting.get("auth") != "none":

@@ -14,12 +14,8 @@ to a log file (a pipe nobody reads would fill up and block it).
 from __future__ import annotations
 
 import os
-import shlex
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,71 +34,7 @@ from hwdnal_agent import PROTOCOL_VERSION  # noqa: E402
 from hwdnal_agent.auth import REQUEST, RESPONSE, frame_mac, tag_matches  # noqa: E402
 from hwdnal_agent.protocol import TAG_SIZE, Frame, encode_frame, read_frame  # noqa: E402
 
-TOKEN = "5" * 16 + "a1b2c3d4" * 6
-
-
-class LocalAgent:
-    """A ``hwdnal-agent serve`` process on 127.0.0.1."""
-
-    def __init__(self, process: subprocess.Popen, port: int, token: str | None,
-                 log: Path, lock_file: Path) -> None:
-        self.process = process
-        self.port = port
-        self.url = f"tcp://127.0.0.1:{port}"
-        self.token = token
-        self.log = log
-        self.lock_file = lock_file
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def agent_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hwdnal_agent", *args]
-
-
-def start_agent(directory: Path, *extra: str, token: str | None = TOKEN) -> LocalAgent:
-    """Start ``serve --listen 127.0.0.1:0`` and wait for the port it bound."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port_file = directory / "agent.port"
-    lock_file = directory / "device.lock"
-    log = directory / "agent.log"
-    args = ["serve", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-            "--lock-file", str(lock_file)]
-    if token is None:
-        args.append("--insecure-no-token")
-    else:
-        token_file = directory / "agent.token"
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        args += ["--token-file", str(token_file)]
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(agent_command(*args, *extra), stdin=subprocess.DEVNULL,
-                                   stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError("the agent exited: " + log.read_text())
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the agent did not start: " + log.read_text())
-        time.sleep(0.05)
-    return LocalAgent(process, int(port_file.read_text()), token, log, lock_file)
-
-
-def exec_url(lock_file: Path, *extra: str) -> str:
-    return "exec:" + " ".join(shlex.quote(a) for a in agent_command(
-        "stdio", "--lock-file", str(lock_file), *extra))
+from .processes import TOKEN, LocalAgent, agent_command, exec_url, start_agent  # noqa: E402
 
 
 class RawClient:
