@@ -17,6 +17,7 @@ Two pieces, used by the search engine:
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from hwdnal.budget import Budget
 from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
+from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.loss_terms import GateLossTerm
 from hwdnal.prune import prune_physically
@@ -299,6 +301,7 @@ def fit_to_budget(
     latency: TargetLatency,
     example: torch.Tensor,
     rounds: int = 6,
+    cache: MeasurementCache | None = None,
 ) -> tuple[torch.Tensor, list[FitRound]]:
     """Measure on the device until the architecture lands within [90%, 100%] of the budget.
 
@@ -306,7 +309,10 @@ def fit_to_budget(
     measures it on the target (interleaved with the dense network, against which a relative
     budget is judged) and rescales the target by how far the measurement was from 96% of
     the budget. Keeps the architecture that came closest to the budget from below; none
-    after ``rounds`` is a clear error (the run stays resumable at this stage).
+    after ``rounds`` is a clear error (the run stays resumable at this stage). Each round's
+    pair of measurements goes to ``cache`` as it is taken, so a fit cut short (a lost agent,
+    Ctrl-C) resumes without measuring its finished rounds again: the fit is deterministic,
+    so a resumed fit proposes the same architectures.
     """
     assert latency.latency_model is not None and latency.budget_ms is not None
     start = gated.keep_mask().cpu()
@@ -317,9 +323,17 @@ def fit_to_budget(
         keep = fit_to_latency(gated, latency.latency_model, target_ms, latency.channel_step,
                               start)
         predicted = predicted_ms(gated, latency.latency_model, keep)
-        candidate = subnetwork(dense, keep, example)
-        dense_now, measured_now = _measure_together(latency.device(), [dense, candidate],
-                                                    latency.input_shape)
+        key = "fit | " + hashlib.sha256(keep.numpy().tobytes()).hexdigest()[:16]
+        if cache is not None and f"{key} | dense" in cache and f"{key} | pruned" in cache:
+            dense_now, measured_now = cache.get(f"{key} | dense"), cache.get(f"{key} | pruned")
+        else:
+            candidate = subnetwork(dense, keep, example)
+            dense_now, measured_now = _measure_together(latency.device(), [dense, candidate],
+                                                        latency.input_shape)
+            if cache is not None:
+                cache.put(f"{key} | dense", dense_now)
+                cache.put(f"{key} | pruned", measured_now)
+                cache.flush()
         budget = latency.budget_against(dense_now.median_ms)
         measured = measured_now.median_ms
         history.append(FitRound(number, target_ms, predicted, measured, budget))

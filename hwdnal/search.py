@@ -41,6 +41,7 @@ from hwdnal.gated import GatedModel
 from hwdnal.gates import DeltaSchedule, GateMode
 from hwdnal.interrupt import GracefulStop, Interrupted
 from hwdnal.latency.alignment import align_keep_mask
+from hwdnal.latency.cache import MeasurementCache
 from hwdnal.loss_terms import GateLossTerm, SparsityTerm
 from hwdnal.models import create_model
 from hwdnal.prune import prune_physically
@@ -439,7 +440,14 @@ class DnalSearch:
         keep = gated.keep_mask().cpu()
         if latency.budget_ms is not None:
             dense = _load_module(self.run_dir.path / "dense.pt")
-            keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu())
+            cache = MeasurementCache(self.run_dir.path / "fit-measurements.json",
+                                     latency.fingerprint())
+            if len(cache):
+                self.observer.message(
+                    f"resuming the fit: {len(cache) // 2} measured round(s) are reused from "
+                    f"{cache.path}")
+            keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu(),
+                                         cache=cache)
             progress.fit_rounds = [r.to_dict() for r in rounds]
             for r in rounds:
                 self.observer.message(

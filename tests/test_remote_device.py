@@ -189,3 +189,46 @@ def test_a_target_file_names_its_agent_and_token_file(tmp_path: Path, agent):
     assert done.returncode == 0, done.stderr
     (row,) = [line for line in done.stdout.splitlines() if "cpu-quick" in line]
     assert agent.url in row and "yes (agent 0.1.0 on" in row
+
+
+@pytest.mark.slow
+def test_a_fit_resumes_from_the_rounds_it_measured(tmp_path: Path, agent, monkeypatch):
+    """A fit cut short re-runs deterministically; its measured rounds come from the cache."""
+    import copy
+
+    import torch
+
+    from hwdnal.budget import parse_budget
+    from hwdnal.budgeting import fit_to_budget, prepare_target_latency
+    from hwdnal.devices import open_measurer
+    from hwdnal.gated import GatedModel
+    from hwdnal.latency.cache import MeasurementCache
+    from hwdnal.models import create_model
+    from hwdnal.targets import load_target
+
+    monkeypatch.chdir(tmp_path)  # the LUT lands in ./profiles
+    monkeypatch.setenv("HWDNAL_AGENT_TOKEN", agent.token)
+    target = load_target(quick_target(tmp_path)).with_remote(agent.url)
+    measurer = open_measurer(target)
+    model, example = create_model("resnet20", 10, 3).eval(), torch.randn(1, 3, 16, 16)
+    latency = prepare_target_latency(target, measurer, model, "resnet20", example,
+                                     parse_budget("60%"), None, False, None, None)
+    gated = GatedModel(copy.deepcopy(model), example)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gated.gate.s.copy_(torch.randn(gated.plan.num_gates))
+    cache_file = tmp_path / "fit-measurements.json"
+
+    before = stats(agent)
+    keep, rounds = fit_to_budget(gated, model, latency, example,
+                                 cache=MeasurementCache(cache_file, measurer.fingerprint()))
+    middle = stats(agent)
+    again, rounds_again = fit_to_budget(
+        gated, model, latency, example,
+        cache=MeasurementCache(cache_file, measurer.fingerprint()))
+    after = stats(agent)
+    measurer.close()
+
+    assert middle["measure"] - before["measure"] == len(rounds)
+    assert after["measure"] == middle["measure"], "no round is measured twice"
+    assert torch.equal(keep, again) and rounds == rounds_again

@@ -1,7 +1,7 @@
 """The workstation's side: reach an agent by URL and ask it to measure, build and run.
 
 ``ssh://[user@]host[:port]`` runs ``hwdnal-agent stdio`` on the device through the system
-ssh; ``tcp://host:port`` talks to ``hwdnal-agent serve`` with a shared token;
+ssh (or the command line in $HWDNAL_AGENT_SSH); ``tcp://host:port`` talks to ``hwdnal-agent serve`` with a shared token;
 ``exec:COMMAND`` runs any command that speaks the stdio protocol. No torch here.
 """
 
@@ -34,6 +34,8 @@ from hwdnal_agent.timing import Measurement, TimingSettings
 DEFAULT_COMMAND = "hwdnal-agent stdio"
 TOKEN_ENV = "HWDNAL_AGENT_TOKEN"
 COMMAND_ENV = "HWDNAL_AGENT_COMMAND"
+#: the ssh command line to use instead of plain ``ssh`` (like git's GIT_SSH_COMMAND)
+SSH_ENV = "HWDNAL_AGENT_SSH"
 #: responses may carry engines; the client accepts up to this much
 MAX_RESPONSE = 4 << 30
 
@@ -177,9 +179,13 @@ class _ProcessTransport:
     """A child process speaking the protocol on its stdin/stdout; its stderr is kept (the
     last lines explain a failure) and forwarded to ours when ``echo`` is set."""
 
-    def __init__(self, url: str, argv: list[str], echo: bool = False) -> None:
+    def __init__(self, url: str, argv: list[str], echo: bool = False,
+                 advice: dict[int, str] | None = None) -> None:
         self.url = url
         self.argv = argv
+        #: what to tell the user when the process exits with one of these statuses
+        self._advice = advice or {}
+        self.code: int | None = None
         self.timeout: float | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
@@ -231,6 +237,7 @@ class _ProcessTransport:
             code = self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             code = None
+        self.code = code
         self._stderr.join(timeout=1)
         parts = []
         if code is not None:
@@ -238,6 +245,10 @@ class _ProcessTransport:
         if self.tail:
             parts.append(f"last stderr line: {self.tail[-1]}")
         return "; ".join(parts)
+
+    def advice(self) -> str:
+        """What to do about the exit status :meth:`detail` found, if anything is known."""
+        return self._advice.get(self.code, "") if self.code is not None else ""
 
     def close(self) -> None:
         for stream in (self.process.stdin, self.process.stdout):
@@ -251,13 +262,26 @@ class _ProcessTransport:
 
 
 # -- the client -------------------------------------------------------------------------
+def _ssh_command() -> list[str]:
+    """$HWDNAL_AGENT_SSH split like a shell would, else ``["ssh"]``."""
+    text = os.environ.get(SSH_ENV, "").strip()
+    if not text:
+        return ["ssh"]
+    try:
+        return shlex.split(text) or ["ssh"]
+    except ValueError as error:
+        raise AgentError(f"cannot split ${SSH_ENV} ({text!r}): {error}") from None
+
+
 def connect(url: str, token: str | None = None, timeout: float = 30.0,
             command: str | None = None, request_timeout: float | None = None,
             echo_stderr: bool = False) -> AgentClient:
     """Reach the agent at ``url``, check its protocol and token (with a ``hello``).
 
     ``token``: for tcp:// (default: $HWDNAL_AGENT_TOKEN). ``command``: the agent command run
-    by ssh:// (default: $HWDNAL_AGENT_COMMAND, else ``hwdnal-agent stdio``). ``timeout``
+    by ssh:// (default: $HWDNAL_AGENT_COMMAND, else ``hwdnal-agent stdio``); ssh:// runs
+    $HWDNAL_AGENT_SSH (split like a shell would) instead of plain ``ssh`` when it is set,
+    with ``-T -o BatchMode=yes ...`` appended. ``timeout``
     bounds connecting and the greeting; ``request_timeout`` each request (None: no limit,
     measurements may take minutes). ``echo_stderr`` forwards an ssh/exec agent's stderr.
     """
@@ -268,13 +292,19 @@ def connect(url: str, token: str | None = None, timeout: float = 30.0,
         transport: Any = _SocketTransport(url, where.host or "", where.port or 0, timeout)
     elif where.scheme == "ssh":
         remote = command or os.environ.get(COMMAND_ENV) or DEFAULT_COMMAND
-        argv = ["ssh", "-T", "-o", "BatchMode=yes",
-                "-o", f"ConnectTimeout={max(1, int(timeout))}"]
-        if where.port is not None:
-            argv += ["-p", str(where.port)]
-        argv += [f"{where.user}@{where.host}" if where.user else where.host or "",
-                 remote]
-        transport = _ProcessTransport(url, argv, echo_stderr)
+        ssh = _ssh_command()
+        login = ["-p", str(where.port)] if where.port is not None else []
+        login.append(f"{where.user}@{where.host}" if where.user else where.host or "")
+        argv = ssh + ["-T", "-o", "BatchMode=yes",
+                      "-o", f"ConnectTimeout={max(1, int(timeout))}"] + login + [remote]
+        first = remote.split()[0] if remote.split() else remote
+        advice = {
+            127: f"{first!r} was not found on the device: install hwdnal-agent there or set the "
+                 f"target's agent_command (or ${COMMAND_ENV}) to the agent's full command",
+            255: "ssh could not connect or log in: check that '{}' works without a "
+                 "prompt".format(" ".join(shlex.quote(a) for a in ssh + login + ["true"])),
+        }
+        transport = _ProcessTransport(url, argv, echo_stderr, advice)
     else:
         transport = _ProcessTransport(url, list(where.argv or []), echo_stderr)
     try:
@@ -326,8 +356,10 @@ class AgentClient:
             raise ProtocolMismatch(f"{self.url} does not speak the hwdnal-agent protocol (check "
                                    "the URL and that hwdnal-agent runs there)") from None
         if frame is None:
+            detail = self._detail()
+            advice = getattr(self._transport, "advice", lambda: "")()
             raise Unreachable(f"the agent at {self.url} closed the connection before greeting"
-                              f"{self._detail()}")
+                              f"{detail}{': ' + advice if advice else ''}")
         try:
             greeting, _ = frame.decode()
         except FrameError:
