@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from hwdnal_agent.client import connect
+from test_errors import assert_clear_error
 from tiny_run import copy_run, quick_target, tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,16 +61,6 @@ def hwdnal(*args: str, cwd: Path, token: str | None = None) -> subprocess.Comple
         env["HWDNAL_AGENT_TOKEN"] = token
     return subprocess.run([sys.executable, "-m", "hwdnal.cli.app", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
-
-
-def one_error_line(done: subprocess.CompletedProcess, *words: str) -> str:
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def test_the_agent_environment_has_no_torch():
@@ -149,12 +140,12 @@ def test_refusals_are_one_line_and_the_agent_keeps_serving(tmp_path: Path, agent
     from hwdnal.onnx_export import export_onnx
 
     (tmp_path / "m.onnx").write_bytes(export_onnx(nn.Conv2d(2, 2, 1), (1, 2, 4, 4)))
-    one_error_line(hwdnal(*bench, cwd=tmp_path, token="f" * 64),
+    assert_clear_error(hwdnal(*bench, cwd=tmp_path, token="f" * 64),
                    "authentication failed", "token")
-    one_error_line(hwdnal(*bench, cwd=tmp_path), "needs a token", "HWDNAL_AGENT_TOKEN")
+    assert_clear_error(hwdnal(*bench, cwd=tmp_path), "needs a token", "HWDNAL_AGENT_TOKEN")
     closed = processes.start_agent(tmp_path / "gone", python=agent_python())
     closed.stop()
-    one_error_line(hwdnal("bench", str(tmp_path / "m.onnx"), "--target", "cpu",
+    assert_clear_error(hwdnal("bench", str(tmp_path / "m.onnx"), "--target", "cpu",
                           "--remote", closed.url, cwd=tmp_path, token=agent.token),
                    "cannot reach the agent", closed.url)
     assert agent.alive()

@@ -1,7 +1,8 @@
 """The workstation's side: reach an agent by URL and ask it to measure, build and run.
 
 ``ssh://[user@]host[:port]`` runs ``hwdnal-agent stdio`` on the device through the system
-ssh (or the command line in $HWDNAL_AGENT_SSH); ``tcp://host:port`` talks to ``hwdnal-agent serve`` with a shared token;
+ssh (or the command line in $HWDNAL_AGENT_SSH); ``tcp://host:port`` talks to
+``hwdnal-agent serve`` with a shared token;
 ``exec:COMMAND`` runs any command that speaks the stdio protocol. No torch here.
 """
 
@@ -295,14 +296,14 @@ def connect(url: str, token: str | None = None, timeout: float = 30.0,
         ssh = _ssh_command()
         login = ["-p", str(where.port)] if where.port is not None else []
         login.append(f"{where.user}@{where.host}" if where.user else where.host or "")
-        argv = ssh + ["-T", "-o", "BatchMode=yes",
-                      "-o", f"ConnectTimeout={max(1, int(timeout))}"] + login + [remote]
+        argv = [*ssh, "-T", "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={max(1, int(timeout))}", *login, remote]
         first = remote.split()[0] if remote.split() else remote
         advice = {
             127: f"{first!r} was not found on the device: install hwdnal-agent there or set the "
                  f"target's agent_command (or ${COMMAND_ENV}) to the agent's full command",
             255: "ssh could not connect or log in: check that '{}' works without a "
-                 "prompt".format(" ".join(shlex.quote(a) for a in ssh + login + ["true"])),
+                 "prompt".format(" ".join(shlex.quote(a) for a in [*ssh, *login, "true"])),
         }
         transport = _ProcessTransport(url, argv, echo_stderr, advice)
     else:
