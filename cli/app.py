@@ -7,6 +7,7 @@ traceback is shown only with ``--debug``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import typer
@@ -64,7 +65,7 @@ def main() -> None:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except Interrupted as stop:
-        command = " ".join(["hwdnal", *sys.argv[1:]])
+        command = shlex.join(["hwdnal", *sys.argv[1:]])
         typer.echo(f"stopped during {stop.where}; progress is saved. Resume with: {command}",
                    err=True)
         sys.exit(stop.exit_code)

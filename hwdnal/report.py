@@ -294,6 +294,9 @@ def _target_text(target: Any) -> str:
         fp.get("precision"), f"batch {fp['batch']}" if "batch" in fp else None,
         f"{fp['threads']} thread(s)" if "threads" in fp else None,
         fp.get("gpu_model") if fp.get("gpu_model") not in (None, "none") else fp.get("cpu_model"),
+        f"power mode {fp['power_mode']}" if fp.get("power_mode") else None,
+        f"measured on {fp.get('host', '?')} through hwdnal-agent at {fp['remote']}"
+        if fp.get("remote") else None,
     ) if x)
     return f"`{target.get('name', '?')}`" + (f" ({details})" if details else "")
 

@@ -76,7 +76,7 @@ class Target:
 
     def suits(self, arch: str, jetson: bool) -> tuple[bool, str]:
         """Whether a device of this architecture (a Jetson or not) can run the target."""
-        where = f"the agent at {self.remote}" if self.remote else "this machine"
+        where = "the device" if self.remote else "this machine"
         if self.architectures and arch not in self.architectures:
             return False, (
                 f"wrong architecture: {where} is {arch}, the target needs "

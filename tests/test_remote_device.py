@@ -113,6 +113,8 @@ def test_a_budgeted_search_measures_every_fit_round_on_the_agent(tmp_path: Path,
     assert manifest["device"] == agent.url
     assert manifest["check"]["deployed_checked_on"] == agent.url
     assert manifest["check"]["deployed_vs_torch_max_abs_diff"] < 1e-4
+    assert hwdnal("report", str(run), cwd=tmp_path).returncode == 0
+    assert f"through hwdnal-agent at {agent.url}" in (run / "report.md").read_text()
 
 
 @pytest.mark.slow

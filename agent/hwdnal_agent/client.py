@@ -190,8 +190,11 @@ class _ProcessTransport:
         self.timeout: float | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
         try:
+            # a session of its own: Ctrl-C at the terminal reaches hwdnal, which stops after
+            # the measurement in flight and closes the pipe, not the agent in the middle of it
             self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, bufsize=0)
+                                            stderr=subprocess.PIPE, bufsize=0,
+                                            start_new_session=True)
         except OSError as error:
             raise Unreachable(f"cannot start the agent for {url}: {argv[0]}: "
                               f"{error.strerror or error}") from None

@@ -31,6 +31,7 @@ class LocalMeasurer:
             )
         self.target = target
         self._runtime: Any = None
+        self._fingerprint = target.fingerprint()
 
     @property
     def name(self) -> str:
@@ -45,7 +46,7 @@ class LocalMeasurer:
         return self._runtime
 
     def fingerprint(self) -> dict[str, Any]:
-        return self.target.fingerprint()
+        return dict(self._fingerprint)
 
     def _compiled(self, network: Network, input_shape: Sequence[int] | None) -> Any:
         shape = tuple(int(d) for d in input_shape) if input_shape else None
