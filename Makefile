@@ -46,7 +46,7 @@ demo: data
 	$(VENV)/bin/hwdnal report runs/demo
 
 test: data agent-venv
-	HWDNAL_AGENT_VENV=$(AGENT_VENV) $(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
+	HWDNAL_AGENT_VENV=$(abspath $(AGENT_VENV)) $(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
 	exit $$rc
 

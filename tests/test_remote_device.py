@@ -26,7 +26,7 @@ _spec = importlib.util.spec_from_file_location("agent_processes",
 processes = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(processes)
 
-AGENT_VENV = Path(os.environ.get("HWDNAL_AGENT_VENV", ROOT / ".venv-agent"))
+AGENT_VENV = Path(os.environ.get("HWDNAL_AGENT_VENV", ROOT / ".venv-agent")).resolve()
 
 
 def agent_python() -> str | None:
