@@ -54,6 +54,9 @@ class LatencyConstraint:
         return self.model.predict_gated(gated) / self.budget_ms
 
     def ascend(self, term: GateLossTerm, relative: float) -> None:
+        """One dual-ascent step on the value the training step already read back to log it
+        (``train_epoch`` reads each term once per step): no further host read, none per
+        layer. The term itself (:meth:`_relative_latency`) stays on the gates' device."""
         term.weight = max(0.0, term.weight + self.rate * (relative - self.aim))
         self.history.append(relative * self.budget_ms)
 
@@ -68,7 +71,11 @@ def minimal_counts(gated: GatedModel, multiple: int) -> list[int]:
 
 
 def predicted_ms(gated: GatedModel, model: LatencyModel, keep: torch.Tensor) -> float:
-    """Predicted latency of the architecture ``keep`` (the gates are left as they were)."""
+    """Predicted latency of the architecture ``keep`` (the gates are left as they were).
+
+    Computed where the gates are (``keep`` may be on the CPU: it is moved to them); one
+    number is read back. :func:`fit_to_budget` calls it on a CPU copy of the gates.
+    """
     saved_s, saved_delta = gated.gate.s.detach().clone(), gated.gate.delta
     try:
         with torch.no_grad():
@@ -315,6 +322,7 @@ def fit_to_budget(
     so a resumed fit proposes the same architectures.
     """
     assert latency.latency_model is not None and latency.budget_ms is not None
+    gated = _gates_on_cpu(gated, dense, example)
     start = gated.keep_mask().cpu()
     target_ms = latency.budget_ms * 0.97
     history: list[FitRound] = []
@@ -351,6 +359,28 @@ def fit_to_budget(
             "command to try again from this stage, or give a larger --budget"
         )
     return best[0], history
+
+
+def _gates_on_cpu(gated: GatedModel, dense: nn.Module, example: torch.Tensor) -> GatedModel:
+    """The gates to fit with: ``gated`` itself on the CPU, else a CPU twin holding its gates.
+
+    A fit predicts the latency of many candidate architectures, each a few small
+    tensor operations and one number read back: on an accelerator every candidate would
+    wait for the device, on the CPU none does. The twin gates a CPU copy of ``dense`` (the
+    network ``gated`` was built on), so it has the same channel plan; should it not (some
+    caller's own dense network), the fit runs on ``gated`` where it is, only slower.
+    """
+    if gated.gate.s.device.type == "cpu":
+        return gated
+    twin = GatedModel(copy.deepcopy(dense).cpu(), example.cpu())
+    if [(g.name, g.start, g.stop) for g in twin.plan.groups] != [
+            (g.name, g.start, g.stop) for g in gated.plan.groups]:
+        return gated
+    with torch.no_grad():
+        twin.gate.s.copy_(gated.gate.s.detach().cpu())
+    twin.set_delta(gated.gate.delta)
+    twin.set_mode(gated.mode)
+    return twin
 
 
 def final_latency(

@@ -39,6 +39,8 @@ class GatedModel(nn.Module):
         model.train(was_training)
         self.gate = ScaledSigmoidGate(self.plan.num_gates, name="all groups")
         self._current: torch.Tensor | None = None
+        #: per device: [layers, channels] gate indices of each layer's in/out channels
+        self._layer_index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for index_name, site in self.plan.gate_sites.items():
             self.register_buffer(_buffer_name(index_name), site.out_gate_index, persistent=False)
@@ -100,7 +102,7 @@ class GatedModel(nn.Module):
     def set_keep_mask(self, keep: torch.Tensor) -> None:
         """Force the gates to a given architecture (s = ±1 at δ = 1e4)."""
         with torch.no_grad():
-            self.gate.s.copy_(torch.where(keep.bool(), 1.0, -1.0))
+            self.gate.s.copy_(torch.where(keep.to(self.gate.s.device).bool(), 1.0, -1.0))
         self.gate.delta = 1e4
 
     # -- what the cost terms read --------------------------------------------------------
@@ -118,23 +120,39 @@ class GatedModel(nn.Module):
                     part[int(torch.argmax(self.gate.s[group.start : group.stop]))] = True
         return keep
 
+    def layer_channels(self, hard: bool = False) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Names of every conv and linear layer and their expected (or, with ``hard``, final)
+        in and out channel counts as two ``[layers]`` tensors on the gates' device.
+
+        One gather and one sum for all layers, with the index kept on the gates' device: a
+        step reads nothing back to the host, however many layers the network has.
+        """
+        values = self.keep_mask().to(self.gate.s.dtype) if hard else self.keep_probability()
+        in_index, out_index = self._layer_indices(values.device)
+        # index num_gates: a channel no gate removes (1); num_gates + 1: padding (0)
+        extended = torch.cat([values, values.new_ones(1), values.new_zeros(1)])
+        return list(self.plan.layers), extended[in_index].sum(1), extended[out_index].sum(1)
+
+    def _layer_indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        found = self._layer_index.get(device)
+        if found is None:
+            pad = self.plan.num_gates + 1
+            layers = list(self.plan.layers.values())
+            found = tuple(
+                _padded([getattr(layer, side) for layer in layers], pad).to(device)
+                for side in ("in_gate_index", "out_gate_index")
+            )
+            self._layer_index[device] = found
+        return found
+
     def channel_counts(self, hard: bool = False) -> list[ChannelCounts]:
         """Expected (or, with ``hard``, final) in/out channels of every conv and linear layer."""
-        values = self.keep_mask().float() if hard else self.keep_probability()
-        extended = torch.cat([values, values.new_ones(1)])
-        counts = []
-        for name, layer in self.plan.layers.items():
-            in_index = layer.in_gate_index.to(extended.device)
-            out_index = layer.out_gate_index.to(extended.device)
-            counts.append(
-                ChannelCounts(
-                    name=name,
-                    module=layer.module,
-                    in_channels=extended[in_index].sum(),
-                    out_channels=extended[out_index].sum(),
-                )
-            )
-        return counts
+        names, cin, cout = self.layer_channels(hard=hard)
+        return [
+            ChannelCounts(name=name, module=self.plan.layers[name].module,
+                          in_channels=cin[k], out_channels=cout[k])
+            for k, name in enumerate(names)
+        ]
 
     def sparsity(self) -> torch.Tensor:
         """DNAL's λa term: the mean keep-probability over all gates."""
@@ -152,6 +170,15 @@ class GatedModel(nn.Module):
             }
             for group in self.plan.groups
         ]
+
+
+def _padded(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """``rows`` (1-d long tensors) stacked into one matrix, short rows filled with ``pad``."""
+    width = max((row.numel() for row in rows), default=0)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for k, row in enumerate(rows):
+        out[k, : row.numel()] = row.cpu()
+    return out
 
 
 def _buffer_name(module_name: str) -> str:

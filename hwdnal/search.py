@@ -226,7 +226,11 @@ class DnalSearch:
         if self.latency.lut_path:
             result["lut"] = self.latency.lut_path
         if config.compile:
-            self._stage_compile(progress, dense, pruned, result)
+            try:
+                self._stage_compile(progress, dense, pruned, result)
+            except UserError:  # e.g. a deployed file refused: the search's results are kept,
+                self.run_dir.write_result(result)  # and `hwdnal compile RUN` can try again
+                raise
         self.run_dir.write_result(result)
         return result
 
@@ -468,22 +472,24 @@ class DnalSearch:
     def _layer_table(self, gated: GatedModel) -> list[dict[str, Any]]:
         """Per conv/linear layer: channels before and after, and LUT latency when known."""
         model = self.latency.latency_model if self.latency else None
+        names, kept_in, kept_out = gated.layer_channels(hard=True)
+        kept_in, kept_out = (c.detach().round().long().cpu().tolist() for c in (kept_in, kept_out))
         rows = []
-        for counts in gated.channel_counts(hard=True):
-            layer = gated.plan.layers[counts.name]
+        for name, pruned_in, pruned_out in zip(names, kept_in, kept_out, strict=True):
+            layer = gated.plan.layers[name]
             row: dict[str, Any] = {
-                "name": counts.name,
+                "name": name,
                 "dense_in": int(layer.in_gate_index.numel()),
                 "dense_out": int(layer.out_gate_index.numel()),
-                "pruned_in": int(counts.in_channels),
-                "pruned_out": int(counts.out_channels),
+                "pruned_in": pruned_in,
+                "pruned_out": pruned_out,
             }
-            if model is not None and counts.name in model.lut.layers:
-                with torch.no_grad():
+            if model is not None and name in model.lut.layers:
+                with torch.no_grad():  # plain numbers: computed on the CPU copy of the LUT
                     row["dense_lut_ms"] = float(model.layer_latency(
-                        counts.name, row["dense_in"], row["dense_out"]))
+                        name, row["dense_in"], row["dense_out"]))
                     row["pruned_lut_ms"] = float(model.layer_latency(
-                        counts.name, row["pruned_in"], row["pruned_out"]))
+                        name, row["pruned_in"], row["pruned_out"]))
             rows.append(row)
         return rows
 
@@ -492,7 +498,12 @@ class DnalSearch:
                        result: dict[str, Any]) -> None:
         """Compile the pruned network for the target (ONNX; an engine on TensorRT targets),
         check it against PyTorch, and measure it interleaved with the dense network."""
-        from hwdnal.compile import check_inputs_from, compile_network, compiled_dir
+        from hwdnal.compile import (
+            check_inputs_from,
+            compile_network,
+            compiled_dir,
+            held_out_images,
+        )
 
         started = time.perf_counter()
         latency = self.latency
@@ -504,6 +515,7 @@ class DnalSearch:
             compiled_dir(self.run_dir.path, latency.target.name),
             check_inputs=check_inputs_from(self.data, latency.input_shape),
             check_source=f"{self.config.data} test images", measurement=pruned_measured,
+            held_out=held_out_images(self.data, source=f"{self.config.data} test images"),
         )
         result["artifacts"].update(artifact.artifact_paths(self.run_dir.path))
         result["compiled"] = {latency.target.name: artifact.summary()}

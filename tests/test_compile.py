@@ -79,6 +79,9 @@ def test_compiled_onnx_matches_pytorch_on_pruned_networks(name: str, size: int, 
     model = _pruned(name, size)
     artifact = compile_network(model, (1, 3, size, size), quick_target(tmp_path), tmp_path / "out")
     assert artifact.onnx_max_abs_diff <= ONNX_ATOL
+    # no labelled images given: nothing to measure accuracy on, and nothing refused
+    assert artifact.accuracy is None and artifact.manifest["accuracy"] is None
+    assert "no labelled held-out images" in artifact.manifest["accuracy_note"]
 
     # independently of compile's own check: the written file, fresh inputs, plain ORT
     import onnxruntime as ort
@@ -129,7 +132,16 @@ def test_compile_run_writes_onnx_manifest_and_records_them(run: Path, tmp_path: 
     latency = manifest["latency"]
     assert 0 < latency["median_ms"] <= latency["p90_ms"] and latency["samples"] >= 5
 
+    # the deployed FP32 file classifies the run's 128 held-out images as PyTorch does
+    accuracy = manifest["accuracy"]
+    assert accuracy["images"] == 128 and accuracy["source"] == "synthetic test images"
+    assert 0 <= accuracy["reference"] <= 1 and 0 <= accuracy["deployed"] <= 1
+    assert abs(accuracy["reference"] - accuracy["deployed"]) <= 0.01
+    assert accuracy["agreement"] >= 0.99
+    assert "latency_fp32" not in manifest and "quantization" not in manifest
+
     result = json.loads((mine / "result.json").read_text())
+    assert result["compiled"]["cpu-quick"]["accuracy"]["images"] == 128
     assert result["artifacts"]["cpu-quick.onnx"] == "compiled/cpu-quick/model.onnx"
     assert result["artifacts"]["cpu-quick.manifest"] == "compiled/cpu-quick/manifest.json"
     assert result["artifacts"]["pruned_model"] == "pruned.pt"  # earlier entries kept
@@ -171,10 +183,11 @@ def test_bench_on_a_wrong_artifact_exits_2_with_one_line(
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], done.stderr
 
 
-def test_int8_on_a_cpu_target_and_unusable_targets_are_user_errors(tmp_path: Path):
+def test_int8_without_calibration_images_and_unusable_targets_are_user_errors(tmp_path: Path):
     model = _pruned("resnet20", 16)
-    with pytest.raises(UserError, match="INT8 needs a TensorRT target"):
+    with pytest.raises(UserError, match=r"no calibration batches of shape \(1, 3, 16, 16\)"):
         compile_network(model, (1, 3, 16, 16), "cpu", tmp_path, int8_calibration=[])
+    assert not (tmp_path / "model.onnx").exists()
     for name in ("gpu", "jetson"):
         ok, why = load_target(name).usable()
         if ok:
@@ -202,7 +215,7 @@ def test_tensorrt_fp16_engine_is_built_checked_and_benched(tmp_path: Path):
     assert bench_artifact(artifact.onnx_path, "gpu").median_ms > 0
 
 
-def test_tensorrt_int8_engine_calibrates_on_the_runs_images(run: Path, tmp_path: Path):
+def test_tensorrt_int8_engine_is_built_from_the_qdq_onnx(run: Path, tmp_path: Path):
     _tensorrt_or_skip()
     from hwdnal.compile import _run_data
 
@@ -214,3 +227,5 @@ def test_tensorrt_int8_engine_calibrates_on_the_runs_images(run: Path, tmp_path:
         int8_calibration=calibration_batches(data, (1, 3, 16, 16), 64),
     )
     assert artifact.precision == "int8" and artifact.engine_path is not None
+    assert artifact.int8_onnx_path is not None and artifact.int8_onnx_path.is_file()
+    assert artifact.fp32_measurement is not None and artifact.int8_speedup is not None

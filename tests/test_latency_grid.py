@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hwdnal.latency.grid import channel_axis, interpolate, monotone
+
+#: interpolation runs where the channel counts are: the CPU, and a CUDA GPU where there is one
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="no CUDA GPU visible to torch on this machine (torch.cuda.is_available() is False)",
+    )),
+]
 
 
 def test_axis_holds_full_width_and_step_multiples() -> None:
@@ -38,32 +48,37 @@ tables = st.integers(2, 5).flatmap(
 )
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
-@given(tables)
-def test_interpolation_is_exact_at_grid_points(table: np.ndarray) -> None:
+@given(table=tables)
+def test_interpolation_is_exact_at_grid_points(table: np.ndarray, device: str) -> None:
     rows, cols = table.shape
-    in_axis = torch.arange(1, rows + 1, dtype=torch.float64) * 8
-    out_axis = torch.arange(1, cols + 1, dtype=torch.float64) * 16
-    t = torch.tensor(table)
+    in_axis = torch.arange(1, rows + 1, dtype=torch.float64, device=device) * 8
+    out_axis = torch.arange(1, cols + 1, dtype=torch.float64, device=device) * 16
+    t = torch.tensor(table, device=device)
     for i in range(rows):
         for o in range(cols):
             value = interpolate(in_axis, out_axis, t, in_axis[i], out_axis[o])
+            assert value.device == in_axis.device
             assert float(value) == np.float64(table[i, o]) or abs(float(value) - table[i, o]) < 1e-9
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
-@given(tables, st.floats(8, 40), st.floats(16, 80), st.floats(0, 8), st.floats(0, 16))
+@given(table=tables, cin=st.floats(8, 40), cout=st.floats(16, 80), d_in=st.floats(0, 8),
+       d_out=st.floats(0, 16))
 def test_interpolation_is_monotone_in_both_channel_counts(
-    table: np.ndarray, cin: float, cout: float, d_in: float, d_out: float
+    table: np.ndarray, cin: float, cout: float, d_in: float, d_out: float, device: str
 ) -> None:
     rows, cols = table.shape
-    in_axis = torch.arange(1, rows + 1, dtype=torch.float64) * 8
-    out_axis = torch.arange(1, cols + 1, dtype=torch.float64) * 16
-    t = torch.tensor(table)
+    in_axis = torch.arange(1, rows + 1, dtype=torch.float64, device=device) * 8
+    out_axis = torch.arange(1, cols + 1, dtype=torch.float64, device=device) * 16
+    t = torch.tensor(table, device=device)
 
     def f(a: float, b: float) -> float:
-        return float(interpolate(in_axis, out_axis, t, torch.tensor(a, dtype=torch.float64),
-                                 torch.tensor(b, dtype=torch.float64)))
+        return float(interpolate(in_axis, out_axis, t,
+                                 torch.tensor(a, dtype=torch.float64, device=device),
+                                 torch.tensor(b, dtype=torch.float64, device=device)))
 
     assert f(cin + d_in, cout) >= f(cin, cout) - 1e-9
     assert f(cin, cout + d_out) >= f(cin, cout) - 1e-9
@@ -79,11 +94,29 @@ def test_monotone_projection(values: list[float]) -> None:
     np.testing.assert_allclose(monotone(fixed), fixed)  # already monotone: unchanged
 
 
-def test_gradient_reaches_channel_counts() -> None:
-    in_axis = torch.tensor([8.0, 16.0], dtype=torch.float64)
-    out_axis = torch.tensor([8.0, 16.0], dtype=torch.float64)
-    table = torch.tensor([[1.0, 2.0], [3.0, 5.0]], dtype=torch.float64)
-    cin = torch.tensor(16.0, dtype=torch.float64, requires_grad=True)  # at the top grid point
-    cout = torch.tensor(12.0, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_reaches_channel_counts(device: str) -> None:
+    f64 = dict(dtype=torch.float64, device=device)
+    in_axis = torch.tensor([8.0, 16.0], **f64)
+    out_axis = torch.tensor([8.0, 16.0], **f64)
+    table = torch.tensor([[1.0, 2.0], [3.0, 5.0]], **f64)
+    cin = torch.tensor(16.0, **f64, requires_grad=True)  # at the top grid point
+    cout = torch.tensor(12.0, **f64, requires_grad=True)
     interpolate(in_axis, out_axis, table, cin, cout).backward()
+    assert cin.grad.device == cin.device
     assert cin.grad > 0 and cout.grad > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_point_axes_interpolate_constantly_with_no_gradient(device: str) -> None:
+    f64 = dict(dtype=torch.float64, device=device)
+    cin = torch.tensor(3.0, **f64, requires_grad=True)
+    cout = torch.tensor(20.0, **f64, requires_grad=True)
+    value = interpolate(torch.tensor([3.0], **f64), torch.tensor([16.0, 32.0], **f64),
+                        torch.tensor([[1.0, 3.0]], **f64), cin, cout)
+    value.backward()
+    assert float(value.detach()) == 1.5 and float(cin.grad) == 0.0 and float(cout.grad) > 0
+    alone = interpolate(torch.tensor([3.0], **f64), torch.tensor([10.0], **f64),
+                        torch.tensor([[2.5]], **f64), torch.tensor(7.0, **f64),
+                        torch.tensor(99.0, **f64))
+    assert float(alone) == 2.5

@@ -112,16 +112,22 @@ TRT_OK, TRT_WHY = runtimes.check("tensorrt")
 
 
 @pytest.mark.skipif(not TRT_OK, reason=f"TensorRT runtime unavailable: {TRT_WHY}")
-def test_tensorrt_builds_fp16_engine_and_measures() -> None:
-    runtime = runtimes.create("tensorrt", precision="fp16")
-    net = _small_net()
-    compiled = runtime.compile(export_onnx(net, (1, 3, 32, 32)), (1, 3, 32, 32))
-    x = torch.randn(1, 3, 32, 32)
+def test_tensorrt_builds_a_strongly_typed_fp16_engine_and_measures(tmp_path) -> None:
+    measurer = open_measurer(load_target("gpu"))  # the FP16 graph is made on the way
+    net, shape = _small_net(), (1, 3, 32, 32)
+    engine = measurer.build(net, shape)
+    assert engine.format == "engine"
+    x = torch.randn(*shape)
     with torch.no_grad():
         expected = net(x).numpy()
-    assert abs(compiled.run(x.numpy()) - expected).max() < 5e-2
-    result = measure(compiled, warmup=5, iterations=20)
+    (out,) = measurer.run(engine, [x.numpy()])
+    assert abs(out - expected).max() < 5e-2
+    (result,) = measurer.measure([(engine, shape)], QUICK)
     assert 0 < result.median_ms <= result.p90_ms
+    runtime = runtimes.create("tensorrt", precision="fp16")
+    with pytest.raises(Exception, match="no FP16 or INT8 tensors"):  # an FP32 graph is refused
+        runtime.build(export_onnx(net, shape), shape)
+    assert runtime.timing_cache_path.stat().st_size > 0  # kept for the next build
 
 
 CUDA_OK, CUDA_WHY = runtimes.check("torch-cuda")

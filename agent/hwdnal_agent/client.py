@@ -497,15 +497,12 @@ class AgentClient:
         return [Measurement.from_dict(r) for r in results]
 
     def build(self, onnx: bytes, input_shape: Sequence[int], runtime: str, precision: str,
-              threads: int, calibration: list[np.ndarray] | None = None
-              ) -> tuple[bytes, str, dict[str, Any]]:
+              threads: int) -> tuple[bytes, str, dict[str, Any]]:
         """The deployable file for ``onnx`` built on the device, its format and the device's
         fingerprint."""
-        blobs: list[Any] = [bytes(onnx)]
-        blobs += [np.ascontiguousarray(batch, dtype=np.float32) for batch in calibration or []]
         response, out = self.request(
             {"op": "build", "runtime": runtime, "precision": precision,
-             "threads": int(threads), "input_shape": _shape(input_shape)}, blobs)
+             "threads": int(threads), "input_shape": _shape(input_shape)}, [bytes(onnx)])
         if not out or not isinstance(out[0], bytes):
             raise RemoteError("internal", f"the agent at {self.url} sent no deployable file")
         return out[0], str(response["format"]), response["fingerprint"]

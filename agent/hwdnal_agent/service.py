@@ -9,7 +9,6 @@ two clients, or two ``stdio`` agents started by two ssh sessions, queue and neve
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import platform
@@ -194,20 +193,13 @@ class Agent:
     def _build(self, header: dict[str, Any], blobs: list[Any]) -> tuple[dict, list]:
         shape = _shape(header, "input_shape")
         onnx = _bytes_blob(blobs, 0, "the ONNX model")
-        calibration = []
-        for index, blob in enumerate(blobs[1:], start=1):
-            if not isinstance(blob, np.ndarray):
-                raise BadRequest(f"blob {index} (a calibration batch) must be npy")
-            calibration.append(blob.astype(np.float32, copy=False))
+        if len(blobs) > 1:
+            raise BadRequest("build takes one blob, the ONNX model (INT8 comes as Q/DQ nodes "
+                             "in it, FP16 as an FP16 graph)")
         runtime = self._runtime(header)
         name = _name(header, "runtime")
         with self._device():
-            if calibration:
-                if "calibration" not in inspect.signature(runtime.build).parameters:
-                    raise DeviceError(f"the {name} runtime does not use calibration batches")
-                deployable = runtime.build(onnx, shape, calibration=calibration)
-            else:
-                deployable = runtime.build(onnx, shape)
+            deployable = runtime.build(onnx, shape)
         device = header.get("device") or ("cpu" if name == "onnxruntime" else "cuda")
         if not isinstance(device, str):
             raise BadRequest("'device' must be a string")

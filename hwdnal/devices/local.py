@@ -10,6 +10,7 @@ from hwdnal_agent.errors import DeviceError
 from hwdnal_agent.timing import Measurement, TimingSettings, measure_with
 
 from hwdnal.devices.measurer import Deployable, Network
+from hwdnal.devices.precision import onnx_for_target
 from hwdnal.errors import UserError
 
 if TYPE_CHECKING:
@@ -54,11 +55,17 @@ class LocalMeasurer:
             if self.target.runtime == "torch-cuda" and network.source is not None:
                 return self.runtime.compile(network.source, shape)
             return self.runtime.load(network.data, shape)
-        if self.target.runtime == "torch-cuda" or isinstance(network, (bytes, bytearray)):
+        if self.target.runtime == "torch-cuda":
             return self.runtime.compile(network, shape)
-        from hwdnal.onnx_export import export_onnx
+        return self.runtime.compile(self._onnx(network, shape), shape)
 
-        return self.runtime.compile(export_onnx(network, shape, check=False), shape)
+    def _onnx(self, network: Any, shape: tuple[int, ...] | None) -> bytes:
+        """ONNX as the device builds it: exported here, in the target's precision."""
+        if not isinstance(network, (bytes, bytearray)):
+            from hwdnal.onnx_export import export_onnx
+
+            network = export_onnx(network, shape, check=False)
+        return onnx_for_target(bytes(network), self.target)
 
     def measure(
         self, networks: Sequence[tuple[Network, Sequence[int]]], settings: TimingSettings
@@ -69,21 +76,16 @@ class LocalMeasurer:
 
         return _device_call(work)
 
-    def build(
-        self, network: Network, input_shape: Sequence[int],
-        calibration: Sequence[np.ndarray] | None = None,
-    ) -> Deployable:
+    def build(self, network: Network, input_shape: Sequence[int]) -> Deployable:
         shape = tuple(int(d) for d in input_shape)
         source = None
         if isinstance(network, Deployable):
             return network
         if not isinstance(network, (bytes, bytearray)):
-            from hwdnal.onnx_export import export_onnx
-
-            source, network = network, export_onnx(network, shape, check=False)
+            source = network
+        onnx_data = self._onnx(network, shape)
         runtime = self.runtime
-        extra = {"calibration": list(calibration)} if calibration else {}
-        data = _device_call(lambda: runtime.build(bytes(network), shape, **extra))
+        data = _device_call(lambda: runtime.build(onnx_data, shape))
         return Deployable(data, runtime.deployable_format, shape, self.fingerprint(), source)
 
     def run(self, deployable: Deployable, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -62,12 +62,9 @@ class Measurer(Protocol):
         """Each (network, input shape) compiled, then all timed interleaved."""
         ...
 
-    def build(
-        self, network: Network, input_shape: Sequence[int],
-        calibration: Sequence[np.ndarray] | None = None,
-    ) -> Deployable:
-        """The deployable file for the target, built on its device (INT8 calibrated on
-        ``calibration`` batches, TensorRT only)."""
+    def build(self, network: Network, input_shape: Sequence[int]) -> Deployable:
+        """The deployable file for the target, built on its device (INT8 comes as Q/DQ
+        nodes in the ONNX graph)."""
         ...
 
     def run(self, deployable: Deployable, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -17,6 +17,7 @@ from hwdnal_agent.timing import Measurement, TimingSettings
 
 from hwdnal import __version__
 from hwdnal.devices.measurer import Deployable, Network
+from hwdnal.devices.precision import onnx_for_target
 from hwdnal.errors import UserError
 
 if TYPE_CHECKING:
@@ -84,11 +85,11 @@ class RemoteMeasurer:
         shape = tuple(int(d) for d in input_shape) if input_shape else None
         if isinstance(network, Deployable):
             return network.data, network.format, shape
-        if isinstance(network, (bytes, bytearray)):
-            return bytes(network), "onnx", shape
-        from hwdnal.onnx_export import export_onnx
+        if not isinstance(network, (bytes, bytearray)):
+            from hwdnal.onnx_export import export_onnx
 
-        return export_onnx(network, shape, check=False), "onnx", shape
+            network = export_onnx(network, shape, check=False)
+        return onnx_for_target(bytes(network), self.target), "onnx", shape
 
     def measure(
         self, networks: Sequence[tuple[Network, Sequence[int]]], settings: TimingSettings
@@ -98,17 +99,13 @@ class RemoteMeasurer:
         return self._call("a measurement", lambda: self.client.measure(
             items, t.runtime, t.precision, t.threads, settings))
 
-    def build(
-        self, network: Network, input_shape: Sequence[int],
-        calibration: Sequence[np.ndarray] | None = None,
-    ) -> Deployable:
+    def build(self, network: Network, input_shape: Sequence[int]) -> Deployable:
         if isinstance(network, Deployable):
             return network
         data, _, shape = self._item(network, input_shape)
         t = self.target
         deployable, fmt, fingerprint = self._call("the build", lambda: self.client.build(
-            data, shape, t.runtime, t.precision, t.threads,
-            calibration=list(calibration) if calibration else None))
+            data, shape, t.runtime, t.precision, t.threads))
         return Deployable(deployable, fmt, shape,
                           {"target": t.name, **fingerprint, "hwdnal_version": __version__,
                            "remote": self.where})

@@ -4,11 +4,16 @@ Bilinear interpolation of a table that is monotone along both axes is itself mon
 exact at the grid points, so the measured table is first made monotone (noise can make a
 wider layer measure faster than a narrower one, which would give a gradient of the wrong
 sign). The interpolation is a torch expression: gradients flow to the channel counts.
+
+All layers of a network interpolate at once (:func:`interpolate_grids` on padded
+:class:`Grids`), on whatever device the channel counts are on, without a host round trip:
+segments are found with ``torch.searchsorted`` and read with tensor indices.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,14 +53,113 @@ def monotone(table: np.ndarray) -> np.ndarray:
     return out
 
 
-def _weights(axis: torch.Tensor, x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """Segment index and position (0..1, or beyond when extrapolating) of ``x`` on ``axis``."""
-    n = axis.numel()
-    if n == 1:
-        return 0, x.new_zeros(())
-    index = int(torch.searchsorted(axis, x.detach().reshape(1).to(axis.dtype), right=True)) - 1
-    index = min(max(index, 0), n - 2)
-    x0, x1 = axis[index], axis[index + 1]
+@dataclass(frozen=True)
+class Grids:
+    """The tables of several layers padded to one shape, so that all interpolate at once.
+
+    Row ``k`` holds layer ``k``: its axes (ascending, padded past their last point with
+    further points that the segment search never selects) and its table. An axis of one
+    point is widened to two (``[a, a + 1]``, the table repeated): interpolation along it is
+    then constant, with a zero gradient, as it should be. Everything lives on one device;
+    :meth:`to` gives the copy for another one.
+    """
+
+    in_axes: torch.Tensor  # [L, I]
+    out_axes: torch.Tensor  # [L, O]
+    #: index of the last segment of each row's axes (points - 2), [L] long
+    in_last: torch.Tensor
+    out_last: torch.Tensor
+    tables: torch.Tensor  # [L, I, O]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tables.device
+
+    def __len__(self) -> int:
+        return self.tables.shape[0]
+
+    def to(self, device: torch.device | str) -> Grids:
+        return Grids(*(t.to(device) for t in (self.in_axes, self.out_axes, self.in_last,
+                                              self.out_last, self.tables)))
+
+    def rows(self, start: int, stop: int) -> Grids:
+        """Rows ``start:stop`` (views: nothing is copied)."""
+        return Grids(*(t[start:stop] for t in (self.in_axes, self.out_axes, self.in_last,
+                                               self.out_last, self.tables)))
+
+
+def stack_grids(
+    layers: list[tuple[list[float], list[float], list[list[float]]]],
+    dtype: torch.dtype = torch.float64,
+) -> Grids:
+    """:class:`Grids` (on the CPU) of ``[(in_axis, out_axis, table[in][out]), ...]``."""
+    widened = [_widen(list(map(float, a)), list(map(float, b)), np.asarray(t, dtype=np.float64))
+               for a, b, t in layers]
+    rows = max((len(a) for a, _, _ in widened), default=2)
+    cols = max((len(b) for _, b, _ in widened), default=2)
+    in_axes = np.empty((len(widened), rows))
+    out_axes = np.empty((len(widened), cols))
+    tables = np.empty((len(widened), rows, cols))
+    for k, (a, b, t) in enumerate(widened):
+        in_axes[k] = _pad_axis(a, rows)
+        out_axes[k] = _pad_axis(b, cols)
+        tables[k] = np.pad(t, ((0, rows - t.shape[0]), (0, cols - t.shape[1])), mode="edge")
+    return Grids(
+        in_axes=torch.tensor(in_axes, dtype=dtype),
+        out_axes=torch.tensor(out_axes, dtype=dtype),
+        in_last=torch.tensor([len(a) - 2 for a, _, _ in widened], dtype=torch.long),
+        out_last=torch.tensor([len(b) - 2 for _, b, _ in widened], dtype=torch.long),
+        tables=torch.tensor(tables, dtype=dtype),
+    )
+
+
+def _widen(
+    in_axis: list[float], out_axis: list[float], table: np.ndarray
+) -> tuple[list[float], list[float], np.ndarray]:
+    table = table.reshape(len(in_axis), len(out_axis))
+    if len(in_axis) == 1:
+        in_axis, table = [in_axis[0], in_axis[0] + 1.0], np.repeat(table, 2, axis=0)
+    if len(out_axis) == 1:
+        out_axis, table = [out_axis[0], out_axis[0] + 1.0], np.repeat(table, 2, axis=1)
+    return in_axis, out_axis, table
+
+
+def _pad_axis(axis: list[float], size: int) -> list[float]:
+    return axis + [axis[-1] + k for k in range(1, size - len(axis) + 1)]
+
+
+def interpolate_grids(
+    grids: Grids, in_channels: torch.Tensor, out_channels: torch.Tensor
+) -> torch.Tensor:
+    """Bilinear interpolation of every row at once: ``[L]`` channel counts give ``[L]`` values.
+
+    Linear extrapolation outside each row's grid, floored at 0. The counts must be on the
+    grids' device (as :class:`~hwdnal.latency.predictor.LatencyModel` arranges): segments
+    are found and read with tensor indices, so nothing waits for the device (no ``.item()``).
+    """
+    cin = in_channels.to(grids.tables.dtype)
+    cout = out_channels.to(grids.tables.dtype)
+    i, t = _locate(grids.in_axes, grids.in_last, cin)
+    o, u = _locate(grids.out_axes, grids.out_last, cout)
+    _, rows, cols = grids.tables.shape
+    flat = grids.tables.reshape(len(grids), rows * cols)
+
+    def at(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return flat.gather(1, (row * cols + col).unsqueeze(1)).squeeze(1)
+
+    low = at(i, o) + u * (at(i, o + 1) - at(i, o))
+    high = at(i + 1, o) + u * (at(i + 1, o + 1) - at(i + 1, o))
+    return torch.clamp(low + t * (high - low), min=0.0)
+
+
+def _locate(
+    axes: torch.Tensor, last: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: segment index of ``x`` on ``axes`` and its position in it (0..1 inside)."""
+    found = torch.searchsorted(axes, x.detach().unsqueeze(1).contiguous(), right=True)
+    index = torch.minimum((found.squeeze(1) - 1).clamp(min=0), last)
+    x0 = axes.gather(1, index.unsqueeze(1)).squeeze(1)
+    x1 = axes.gather(1, (index + 1).unsqueeze(1)).squeeze(1)
     return index, (x - x0) / (x1 - x0)
 
 
@@ -63,17 +167,24 @@ def interpolate(
     in_axis: torch.Tensor, out_axis: torch.Tensor, table: torch.Tensor,
     in_channels: torch.Tensor, out_channels: torch.Tensor,
 ) -> torch.Tensor:
-    """Bilinear interpolation of ``table[in, out]`` (linear extrapolation outside, floored at 0)."""
-    i, t = _weights(in_axis, in_channels)
-    o, u = _weights(out_axis, out_channels)
-    if in_axis.numel() == 1 and out_axis.numel() == 1:
-        return table[0, 0] + 0 * (t + u)
+    """Bilinear interpolation of ``table[in, out]`` (linear extrapolation outside, floored at 0).
+
+    One layer's form of :func:`interpolate_grids`, computed on the device of
+    ``in_channels`` (the grid follows the counts, which carry the gradients).
+    """
+    device = in_channels.device
+    dtype = table.dtype if table.is_floating_point() else torch.float64
+    in_axis = in_axis.to(device, dtype).reshape(-1)
+    out_axis = out_axis.to(device, dtype).reshape(-1)
+    table = table.to(device, dtype).reshape(in_axis.numel(), out_axis.numel())
     if in_axis.numel() == 1:
-        value = table[0, o] + u * (table[0, o + 1] - table[0, o])
-    elif out_axis.numel() == 1:
-        value = table[i, 0] + t * (table[i + 1, 0] - table[i, 0])
-    else:
-        low = table[i, o] + u * (table[i, o + 1] - table[i, o])
-        high = table[i + 1, o] + u * (table[i + 1, o + 1] - table[i + 1, o])
-        value = low + t * (high - low)
-    return torch.clamp(value, min=0.0)
+        in_axis, table = torch.cat([in_axis, in_axis + 1]), torch.cat([table, table], 0)
+    if out_axis.numel() == 1:
+        out_axis, table = torch.cat([out_axis, out_axis + 1]), torch.cat([table, table], 1)
+    grids = Grids(
+        in_axes=in_axis.unsqueeze(0), out_axes=out_axis.unsqueeze(0),
+        in_last=torch.full((1,), in_axis.numel() - 2, dtype=torch.long, device=device),
+        out_last=torch.full((1,), out_axis.numel() - 2, dtype=torch.long, device=device),
+        tables=table.unsqueeze(0),
+    )
+    return interpolate_grids(grids, in_channels.reshape(1), out_channels.to(device).reshape(1))[0]

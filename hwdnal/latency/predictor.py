@@ -3,7 +3,7 @@
     predicted = scale · Σ_layers LUT_layer(in, out) + memory · Σ_layers out · elements + offset
 
 For a :class:`hwdnal.gated.GatedModel` the channel counts are the gates' expected counts
-(`channel_counts()`), which carry DNAL's straight-through gradient, so the latency term
+(``layer_channels()``), which carry DNAL's straight-through gradient, so the latency term
 keeps a non-zero, correctly signed gradient on every gate parameter up to δ = 1e4 (the LUT
 tables are monotone, so more channels never predict less latency). ``scale``, ``memory`` and
 ``offset`` come from the calibration against whole-network measurements: the per-layer sum
@@ -13,12 +13,13 @@ misses fusion, element-wise work between layers and per-run overheads.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hwdnal.errors import UserError
-from hwdnal.latency.grid import interpolate
+from hwdnal.latency.grid import Grids, interpolate_grids, stack_grids
 from hwdnal.latency.lut import Lut
 from hwdnal.latency.signature import channels_of, is_depthwise
 
@@ -26,16 +27,35 @@ Count = torch.Tensor | float | int
 
 
 class LatencyModel:
-    """A LUT turned into torch tables, ready to predict."""
+    """A LUT turned into torch tables, ready to predict.
+
+    The tables of every LUT layer are stacked into one padded :class:`Grids` (LUT layer
+    order), built on the CPU and copied once to each device a prediction is asked on: the
+    gates' device during a search, so that every step interpolates all layers where the
+    gates are, with no host↔device copy and no host read. Calibration coefficients are
+    Python floats, read from the LUT at each call (calibration may replace them).
+    """
 
     def __init__(self, lut: Lut) -> None:
         self.lut = lut
-        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
-        for key, entry in lut.entries.items():
-            table = torch.tensor(entry.latency_ms, dtype=torch.float64)
-            in_axis = torch.tensor(entry.in_axis, dtype=torch.float64)
-            out_axis = torch.tensor(entry.out_axis or [1], dtype=torch.float64)
-            self._tables[key] = (in_axis, out_axis, table, entry.depthwise)
+        self.names: list[str] = list(lut.layers)
+        self._row = {name: k for k, name in enumerate(self.names)}
+        grids = []
+        for layer in lut.layers.values():
+            entry = lut.entries[layer.entry]
+            grids.append((entry.in_axis, entry.out_axis or [1], entry.latency_ms))
+        cpu = torch.device("cpu")
+        self._on: dict[torch.device, _Tables] = {cpu: _Tables(
+            grids=stack_grids(grids),
+            depthwise=torch.tensor(
+                [lut.entries[layer.entry].depthwise for layer in lut.layers.values()],
+                dtype=torch.bool),
+            melem_per_channel=torch.tensor(
+                [layer.out_elements_per_channel / 1e6 for layer in lut.layers.values()],
+                dtype=torch.float64),
+        )}
+        #: per (gated model's layer names, device): where each LUT layer sits among them
+        self._positions: dict[tuple[tuple[str, ...], torch.device], torch.Tensor] = {}
 
     @property
     def scale(self) -> float:
@@ -45,63 +65,119 @@ class LatencyModel:
     def offset_ms(self) -> float:
         return self.lut.calibration.offset_ms
 
+    def tables(self, device: torch.device | str = "cpu") -> _Tables:
+        """The stacked tables on ``device``: copied there on first use, then reused."""
+        device = torch.device(device)
+        if device.type != "cpu" and device.index is None:
+            device = torch.device(device.type, torch.empty(0, device=device).device.index)
+        tables = self._on.get(device)
+        if tables is None:
+            tables = self._on[device] = self._on[torch.device("cpu")].to(device)
+        return tables
+
     # -- the sum of layers ----------------------------------------------------------------
+    def layer_latencies(
+        self, in_channels: torch.Tensor, out_channels: torch.Tensor
+    ) -> torch.Tensor:
+        """LUT latency (ms, uncalibrated) of every LUT layer, computed on the counts' device.
+
+        ``in_channels``/``out_channels``: ``[L]`` counts in LUT layer order (``names``).
+        """
+        tables = self.tables(in_channels.device)
+        cin = in_channels.to(torch.float64)
+        cout = out_channels.to(device=cin.device, dtype=torch.float64)
+        depthwise = tables.depthwise
+        # a depthwise layer's cost follows its channels (= its outputs), on a 1-wide out axis
+        return interpolate_grids(tables.grids, torch.where(depthwise, cout, cin),
+                                 torch.where(depthwise, torch.ones_like(cout), cout))
+
     def layer_latency(self, name: str, in_channels: Count, out_channels: Count) -> torch.Tensor:
         """LUT latency (ms, uncalibrated) of one layer at (possibly fractional) channel counts."""
-        layer = self.lut.layers.get(name)
-        if layer is None:
+        row = self._row.get(name)
+        if row is None:
             raise UserError(f"the LUT has no layer '{name}': it was profiled for another model")
-        in_axis, out_axis, table, depthwise = self._tables[layer.entry]
-        cin = torch.as_tensor(in_channels, dtype=torch.float64)
-        cout = torch.as_tensor(out_channels, dtype=torch.float64)
-        if depthwise:
-            return interpolate(in_axis, out_axis, table, cout, cout.new_ones(()))
-        return interpolate(in_axis, out_axis, table, cin, cout)
+        device = _device_of(in_channels, out_channels)
+        tables = self.tables(device).rows(row, row + 1)
+        cin = _scalar(in_channels, device).reshape(1)
+        cout = _scalar(out_channels, device).reshape(1)
+        return interpolate_grids(tables.grids, torch.where(tables.depthwise, cout, cin),
+                                 torch.where(tables.depthwise, torch.ones_like(cout), cout))[0]
 
-    def raw(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
-        """Σ of LUT latencies for ``{layer name: (in, out)}``; every LUT layer must appear."""
+    def _vectors(
+        self, counts: Mapping[str, tuple[Count, Count]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[L]`` in and out counts in LUT order; every LUT layer must appear."""
         missing = set(self.lut.layers) - set(counts)
         if missing:
             raise UserError(
                 f"the network lacks {len(missing)} layer(s) of the LUT (e.g. "
                 f"'{sorted(missing)[0]}'): the LUT was profiled for another model"
             )
-        total = torch.zeros((), dtype=torch.float64)
-        for name in self.lut.layers:
-            cin, cout = counts[name]
-            total = total + self.layer_latency(name, cin, cout)
-        return total
+        pairs = [counts[name] for name in self.names]
+        device = _device_of(*(c for pair in pairs for c in pair))
+        if not pairs:
+            empty = torch.zeros(0, dtype=torch.float64, device=device)
+            return empty, empty
+        cin = torch.stack([_scalar(pair[0], device) for pair in pairs])
+        cout = torch.stack([_scalar(pair[1], device) for pair in pairs])
+        return cin, cout
+
+    def raw(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
+        """Σ of LUT latencies for ``{layer name: (in, out)}``; every LUT layer must appear."""
+        return self.layer_latencies(*self._vectors(counts)).sum()
 
     def activations(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
         """Σ output elements (millions) of the LUT's layers at these channel counts."""
-        total = torch.zeros((), dtype=torch.float64)
-        for name, layer in self.lut.layers.items():
-            cout = torch.as_tensor(counts[name][1], dtype=torch.float64)
-            total = total + cout * (layer.out_elements_per_channel / 1e6)
-        return total
+        _, cout = self._vectors(counts)
+        return self._activations(cout)
+
+    def _activations(self, out_channels: torch.Tensor) -> torch.Tensor:
+        per_channel = self.tables(out_channels.device).melem_per_channel
+        return (out_channels.to(torch.float64) * per_channel).sum()
 
     def calibrate(self, raw_ms: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
         cal = self.lut.calibration
         return cal.scale * raw_ms + cal.memory_ms_per_melem * activations + cal.offset_ms
 
+    def predict_vectors(
+        self, in_channels: torch.Tensor, out_channels: torch.Tensor
+    ) -> torch.Tensor:
+        """Calibrated prediction (ms, float64) for ``[L]`` counts in LUT layer order."""
+        raw = self.layer_latencies(in_channels, out_channels).sum()
+        return self.calibrate(raw, self._activations(out_channels))
+
     def predict_counts(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
         """Calibrated prediction (ms) for ``{layer name: (in, out)}`` channel counts."""
-        return self.calibrate(self.raw(counts), self.activations(counts))
+        return self.predict_vectors(*self._vectors(counts))
 
     # -- what the search calls ------------------------------------------------------------
     def predict_gated(self, gated, hard: bool = False) -> torch.Tensor:
-        """Predicted latency (ms, 0-dim float32 tensor with gradients to ``gated.gate.s``)."""
-        counts = {c.name: (c.in_channels, c.out_channels) for c in gated.channel_counts(hard=hard)}
-        known = {name: counts[name] for name in self.lut.layers if name in counts}
-        missing = set(self.lut.layers) - set(known)
-        if missing:
-            raise UserError(
-                f"the gated model lacks layer '{sorted(missing)[0]}' of the LUT: the LUT was "
-                "profiled for another model"
-            )
-        device = gated.gate.s.device
-        value = self.predict_counts(known)
-        return value.to(device=device, dtype=gated.gate.s.dtype)
+        """Predicted latency (ms, 0-dim tensor of the gates' dtype, on the gates' device,
+        with gradients to ``gated.gate.s``).
+
+        The whole computation stays on the gates' device: their expected channel counts
+        (one gather for all layers), the LUT layers picked from them by a cached index, the
+        interpolation of all tables at once and the calibration. Nothing is read back.
+        """
+        names, cin, cout = gated.layer_channels(hard=hard)
+        rows = self._positions_in(tuple(names), cin.device)
+        value = self.predict_vectors(cin[rows], cout[rows])
+        return value.to(dtype=gated.gate.s.dtype)
+
+    def _positions_in(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        key = (names, device)
+        positions = self._positions.get(key)
+        if positions is None:
+            where = {name: k for k, name in enumerate(names)}
+            missing = [name for name in self.names if name not in where]
+            if missing:
+                raise UserError(
+                    f"the gated model lacks layer '{sorted(missing)[0]}' of the LUT: the LUT "
+                    "was profiled for another model"
+                )
+            positions = torch.tensor([where[name] for name in self.names], dtype=torch.long)
+            positions = self._positions[key] = positions.to(device)
+        return positions
 
     def module_counts(self, module: nn.Module) -> dict[str, tuple[int, int]]:
         """Actual channel counts of the LUT's layers in a plain (dense or pruned) network."""
@@ -135,3 +211,35 @@ class LatencyModel:
         """Predicted latency (ms) of a plain network: the dense model or a pruned one."""
         with torch.no_grad():
             return float(self.predict_counts(self.module_counts(module)))
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """What a prediction reads, on one device."""
+
+    grids: Grids
+    depthwise: torch.Tensor  # [L] bool
+    melem_per_channel: torch.Tensor  # [L] output elements per channel, in millions
+
+    def to(self, device: torch.device) -> _Tables:
+        return _Tables(self.grids.to(device), self.depthwise.to(device),
+                       self.melem_per_channel.to(device))
+
+    def rows(self, start: int, stop: int) -> _Tables:
+        return _Tables(self.grids.rows(start, stop), self.depthwise[start:stop],
+                       self.melem_per_channel[start:stop])
+
+
+def _device_of(*values: Count) -> torch.device:
+    """Where a computation over ``values`` runs: the first tensor's device (else the CPU)."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return torch.device("cpu")
+
+
+def _scalar(value: Count, device: torch.device) -> torch.Tensor:
+    """A 0-dim float64 tensor on ``device``; a Python number is filled there (no copy)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float64).reshape(())
+    return torch.full((), float(value), dtype=torch.float64, device=device)

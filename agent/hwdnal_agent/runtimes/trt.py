@@ -13,6 +13,9 @@ Not verified by the project: no machine available to its development has TensorR
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +26,7 @@ from hwdnal_agent.runtimes import cuda_memory
 
 NAME = "tensorrt"
 WORKSPACE_BYTES = 1 << 30
+DEFAULT_CACHE_DIR = "~/.cache/hwdnal-agent"
 
 
 def installed_version() -> str:
@@ -121,10 +125,16 @@ class TrtCompiled:
 
 
 class TrtRuntime:
+    """Strongly typed engines only: the ONNX graph says each tensor's precision (an FP16
+    graph for FP16, Q/DQ nodes for INT8). TensorRT 11 removed weak typing
+    (``BuilderFlag.FP16``, ``BuilderFlag.INT8``, calibrators); TensorRT 10.3 (JetPack 6)
+    already builds strongly typed networks, so one path serves both."""
+
     name = NAME
     deployable_format = "engine"
 
-    def __init__(self, precision: str = "fp16", threads: int = 1) -> None:
+    def __init__(self, precision: str = "fp16", threads: int = 1,
+                 cache_dir: str = DEFAULT_CACHE_DIR) -> None:
         import tensorrt
 
         if precision not in ("fp16", "fp32"):
@@ -134,6 +144,10 @@ class TrtRuntime:
         self.threads = int(threads)
         self.logger = tensorrt.Logger(tensorrt.Logger.WARNING)
         self.runtime = tensorrt.Runtime(self.logger)
+        # kernel timings of this GPU and TensorRT version, kept across builds and runs: a
+        # profile's hundreds of grid points do not re-tune the same tactics from nothing
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{gpu_name()}-trt{tensorrt.__version__}")
+        self.timing_cache_path = Path(os.path.expanduser(cache_dir)) / (name + ".timing-cache")
 
     def version(self) -> str:
         return str(self.trt.__version__)
@@ -141,35 +155,48 @@ class TrtRuntime:
     def device_name(self) -> str:
         return gpu_name()
 
-    def build(self, onnx_data: bytes, input_shape: Sequence[int],
-              calibration: list[np.ndarray] | None = None) -> bytes:
-        """A serialised engine (plan) for the ONNX graph; INT8 when calibration batches are
-        given (TensorRT's entropy calibrator)."""
+    def build(self, onnx_data: bytes, input_shape: Sequence[int]) -> bytes:
+        """A serialised engine (plan) for the ONNX graph, in the graph's own precision."""
         trt = self.trt
+        strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        if strongly_typed is None:
+            raise DeviceError(f"TensorRT {trt.__version__} builds no strongly typed "
+                              "networks: hwdnal needs TensorRT 10.3 or newer")
         builder = trt.Builder(self.logger)
-        network = builder.create_network(0)
+        network = builder.create_network(1 << int(strongly_typed))
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse(bytes(onnx_data)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise DeviceError(f"TensorRT cannot parse the ONNX graph: {errors}")
+        if self.precision == "fp16" and not _has_reduced_precision(network, trt):
+            raise DeviceError(
+                "the target asks for fp16 but the ONNX graph has no FP16 or INT8 tensors: "
+                "send an FP16 graph (hwdnal converts it on the workstation)")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-        fp16 = getattr(trt.BuilderFlag, "FP16", None)
-        if self.precision == "fp16" or calibration:
-            if fp16 is None:
-                raise DeviceError(
-                    f"TensorRT {trt.__version__} has no weak typing (BuilderFlag.FP16): FP16 "
-                    "and INT8 need a strongly typed ONNX graph, not supported yet")
-            config.set_flag(fp16)
-        calibrator = None
-        if calibration:
-            config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = _entropy_calibrator(trt, calibration)
-            config.int8_calibrator = calibrator
+        cache = config.create_timing_cache(self._read_timing_cache())
+        config.set_timing_cache(cache, False)
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise DeviceError("TensorRT failed to build an engine (see the agent's log)")
+        self._write_timing_cache(config.get_timing_cache().serialize())
         return bytes(plan)
+
+    def _read_timing_cache(self) -> bytes:
+        try:
+            return self.timing_cache_path.read_bytes()
+        except OSError:
+            return b""
+
+    def _write_timing_cache(self, data: Any) -> None:
+        """Atomically (the device lock keeps other agent processes out meanwhile)."""
+        try:
+            self.timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.timing_cache_path.with_suffix(".tmp")
+            temporary.write_bytes(bytes(memoryview(data)))
+            os.replace(str(temporary), str(self.timing_cache_path))
+        except OSError:
+            pass  # a cache that cannot be written only costs time
 
     def load(self, plan: bytes, input_shape: Sequence[int] | None) -> TrtCompiled:
         engine = self.runtime.deserialize_cuda_engine(bytes(plan))
@@ -185,34 +212,15 @@ class TrtRuntime:
         return self.load(self.build(network, input_shape or ()), input_shape)
 
 
-def _entropy_calibrator(trt: Any, batches: list[np.ndarray]) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding ``batches`` through one device buffer."""
-    memory = cuda_memory.backend()
-    host = [np.ascontiguousarray(b, dtype=np.float32) for b in batches]
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.index = 0
-            self.pointer = memory.alloc(host[0].nbytes)
-
-        def get_batch_size(self) -> int:
-            return int(host[0].shape[0])
-
-        def get_batch(self, names: list[str]) -> Any:
-            if self.index >= len(host):
-                return None
-            memory.upload(self.pointer, host[self.index])
-            self.index += 1
-            return [int(self.pointer)] * len(names)
-
-        def read_calibration_cache(self) -> Any:
-            return None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            return None
-
-    return EntropyCalibrator()
+def _has_reduced_precision(network: Any, trt: Any) -> bool:
+    """Whether any layer of the parsed network computes in FP16 or INT8."""
+    reduced = {trt.float16, trt.int8}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        for output in range(layer.num_outputs):
+            if layer.get_output(output).dtype in reduced:
+                return True
+    return False
 
 
 def create(precision: str = "fp16", threads: int = 1) -> TrtRuntime:
