@@ -104,7 +104,7 @@ def _search_at(settings: dict[str, Any], dense_run: Path, fraction: float,
     user would; if none reaches it, the clear error is the result."""
     for step in (None, 4, 1):
         config = SearchConfig(**{**settings, "epochs_weights": 0},
-                              weights=str(dense_run / "dense.pt"),
+                              weights=str(dense_run / "dense.pt"), trust_weights_pickle=True,
                               budget=f"{fraction * 100:g}%", channel_step=step)
         try:
             result = DnalSearch(config, runs / f"{fraction:g}-step{step or 'default'}").run()

@@ -52,7 +52,7 @@ def main() -> None:
     dense_run = first.run_dir.path / "dense.pt"
     for lambda_a in args.lambda_a[1:]:
         config = SearchConfig(**common, epochs_weights=0, lambda_a=lambda_a,
-                              weights=str(dense_run))
+                              weights=str(dense_run), trust_weights_pickle=True)
         rows.append((lambda_a, DnalSearch(config, args.runs / f"la{lambda_a}").run()))
     total = time.perf_counter() - started
 

@@ -42,8 +42,13 @@ def compile_run(
     from rich.console import Console
     from rich.table import Table
 
+    from hwdnal.cli.search_cmd import check_number
     from hwdnal.compile import compile_run as compile_library
 
+    check_number("--calibration-images", calibration_images, 1)
+    check_number("--accuracy-images", accuracy_images, 0)
+    check_number("--max-accuracy-drop", max_accuracy_drop, 0)
+    check_number("--atol", atol, 0, inclusive=False)
     artifact = compile_library(
         run, target, int8=int8, calibration_images=calibration_images,
         calibration_method=calibration_method, accuracy_images=accuracy_images,

@@ -49,6 +49,7 @@ def profile(
     )
     from rich.table import Table
 
+    from hwdnal.cli.search_cmd import check_number
     from hwdnal.devices import open_measurer
     from hwdnal.errors import UserError
     from hwdnal.interrupt import GracefulStop, Interrupted
@@ -57,10 +58,15 @@ def profile(
     from hwdnal.models import create_model
     from hwdnal.targets import load_target
 
+    check_number("--input-size", input_size, 1)
+    check_number("--num-classes", num_classes, 1)
+    check_number("--in-channels", in_channels, 1)
+    for flag, value, minimum in (("--step", step, 1), ("--grid-points", grid_points, 1),
+                                 ("--calibrate", calibrate, 0), ("--validate", validate, 0)):
+        if value is not None:
+            check_number(flag, value, minimum)
     console = Console(stderr=True)
     spec = load_target(target).with_remote(remote)
-    if min(input_size, step or 1, grid_points or 1) < 1:
-        raise UserError("--input-size, --step and --grid-points must be positive")
     shape = input_shape_for(spec.batch, in_channels, input_size)
     path = out or default_lut_path(model, spec.name, shape)
     network = create_model(model, num_classes=num_classes, in_channels=in_channels)
@@ -99,6 +105,8 @@ def profile(
             progress=report,
         )
 
+    if result.note:
+        console.print(result.note)
     lut = result.lut
     cal = lut.calibration
     table = Table(title=f"{model} on {spec.name}")

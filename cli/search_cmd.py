@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,15 @@ def search(
     arch_lr: float = typer.Option(0.2, help="Learning rate of the gate parameters."),
     seed: int = typer.Option(0, help="Seed of initialisation, subsets and batch order."),
     weights: str | None = typer.Option(
-        None, help="Start from trained weights; skips the weight stage."
+        None, help="Start from trained weights (a state dict, or a dict with 'model' or "
+        "'state_dict'); skips the weight stage."
+    ),
+    trust_weights_pickle: bool = typer.Option(
+        False, help="Also accept a --weights file holding a whole pickled module. Risk: "
+        "loading it runs code from the file; only for files you trust."
+    ),
+    skip_bad_images: bool = typer.Option(
+        False, help="imagefolder: leave out (and count) image files that cannot be read."
     ),
     device: str = typer.Option("cpu", help="Where to train: cpu, cuda or cuda:N."),
     target: str = typer.Option("cpu", help="Target to measure on: a name (hwdnal targets) "
@@ -46,6 +55,10 @@ def search(
     ),
     lut: str | None = typer.Option(None, help="Use this LUT instead of profiling first."),
     force_lut: bool = typer.Option(False, help="Accept a LUT measured on another target."),
+    lut_tolerance: float = typer.Option(
+        0.10, min=0.0, help="A reused LUT whose prediction for the dense network is off the "
+        "device's measurement by more than this fraction is recalibrated (or re-profiled)."
+    ),
     channel_step: int | None = typer.Option(
         None, help="Keep channel counts multiples of N (default: the target's preference)."
     ),
@@ -60,15 +73,15 @@ def search(
 
     config = SearchConfig(
         model=model, data=data, data_dir=data_dir, input_size=input_size,
-        train_subset=train_subset, test_subset=test_subset, epochs_weights=epochs_weights,
-        epochs_arch=epochs_arch, epochs_finetune=epochs_finetune, batch_size=batch_size,
-        lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr, lambda_a=lambda_a, seed=seed,
-        weights=weights, device=device, target=target, budget=budget, lut=lut,
-        force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
-        compile=compile, remote=remote,
+        train_subset=train_subset, test_subset=test_subset, skip_bad_images=skip_bad_images,
+        epochs_weights=epochs_weights, epochs_arch=epochs_arch, epochs_finetune=epochs_finetune,
+        batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr,
+        lambda_a=lambda_a, seed=seed, weights=weights,
+        trust_weights_pickle=trust_weights_pickle, device=device, target=target, budget=budget,
+        lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
+        compile=compile, remote=remote, lut_tolerance=lut_tolerance,
     )
-    _check_positive(epochs_weights=epochs_weights, epochs_arch=epochs_arch,
-                    epochs_finetune=epochs_finetune, batch_size=batch_size)
+    check_options(config)
     _check_device(device)
     if budget is not None:
         from hwdnal.budget import parse_budget
@@ -79,14 +92,40 @@ def search(
     print_summary(result, out)
 
 
-def _check_positive(**values: int) -> None:
+#: numeric options: (flag, smallest value, whether the smallest is allowed); None is unset
+_LIMITS = {
+    "input_size": ("--input-size", 1, True),
+    "train_subset": ("--train-subset", 1, True),
+    "test_subset": ("--test-subset", 1, True),
+    "epochs_weights": ("--epochs-weights", 0, True),
+    "epochs_arch": ("--epochs-arch", 1, True),
+    "epochs_finetune": ("--epochs-finetune", 0, True),
+    "batch_size": ("--batch-size", 1, True),
+    "lr": ("--lr", 0, False),
+    "finetune_lr": ("--finetune-lr", 0, False),
+    "arch_lr": ("--arch-lr", 0, False),
+    "lambda_a": ("--lambda-a", 0, True),
+    "channel_step": ("--channel-step", 1, True),
+    "latency_rate": ("--latency-rate", 0, True),
+}
+
+
+def check_options(config: Any) -> None:
+    """Every numeric option in range (one line naming it), before anything is touched."""
+    for name, (flag, minimum, inclusive) in _LIMITS.items():
+        value = getattr(config, name, None)
+        if value is not None:
+            check_number(flag, value, minimum, inclusive)
+
+
+def check_number(flag: str, value: float, minimum: float, inclusive: bool = True) -> None:
+    """Refuse ``value`` below ``minimum`` (or equal to it when not ``inclusive``) or not finite."""
     from hwdnal.errors import UserError
 
-    for name, value in values.items():
-        minimum = 1 if name in ("batch_size", "epochs_arch") else 0
-        if value < minimum:
-            flag = "--" + name.replace("_", "-")
-            raise UserError(f"{flag} must be at least {minimum}, got {value}")
+    ok = math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    if not ok:
+        bound = f"at least {minimum}" if inclusive else f"greater than {minimum}"
+        raise UserError(f"{flag} must be {bound}, got {value}")
 
 
 def _check_device(device: str) -> None:

@@ -20,6 +20,7 @@ import copy
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.latency.cache import MeasurementCache
+from hwdnal.latency.pipeline import DEFAULT_TOLERANCE, RealityCheck
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.loss_terms import GateLossTerm
 from hwdnal.prune import prune_physically
@@ -187,6 +189,8 @@ class TargetLatency:
     budget_ms: float | None = None
     smallest_ms: float | None = None
     budget: Budget | None = None
+    #: a reused LUT's prediction for the dense network against the device (None: not checked)
+    lut_check: RealityCheck | None = None
 
     def device(self) -> Measurer:
         assert self.measurer is not None, "this search measures nothing"
@@ -203,8 +207,13 @@ class TargetLatency:
 
     def facts(self) -> dict[str, Any]:
         """What the run records (and reuses on resume rather than measuring again)."""
-        return {"dense_ms": self.dense_ms, "budget_ms": self.budget_ms,
-                "smallest_ms": self.smallest_ms, "lut": self.lut_path}
+        facts: dict[str, Any] = {"dense_ms": self.dense_ms, "budget_ms": self.budget_ms,
+                                 "smallest_ms": self.smallest_ms, "lut": self.lut_path}
+        if self.lut_check is not None:
+            facts["lut_check"] = self.lut_check.to_dict()
+            if self.lut_check.action != "confirmed" and self.latency_model is not None:
+                facts["lut_calibration"] = dict(self.latency_model.lut.calibration.__dict__)
+        return facts
 
 
 Reporter = Callable[[int, int, str], None]
@@ -223,14 +232,25 @@ def prepare_target_latency(
     known: dict[str, Any] | None,
     report: Reporter | None = None,
     measure: bool = True,
+    lut_tolerance: float = DEFAULT_TOLERANCE,
+    note: Callable[[str], None] | None = None,
 ) -> TargetLatency:
     """Load or profile the LUT, measure the dense network, resolve and check the budget.
 
     ``model`` only lends its architecture: latency does not depend on the weights. With
-    ``known`` (a resumed run) nothing is measured again.
+    ``known`` (a resumed run) nothing is measured again. A LUT loaded rather than profiled
+    now meets the dense network's measurement (:func:`check_reused_lut`): beyond
+    ``lut_tolerance`` it is recalibrated or re-profiled, the loaded file left as it was;
+    ``note`` receives the one line that says which.
     """
-    from hwdnal.latency.lut import load_lut
-    from hwdnal.latency.pipeline import default_lut_path, input_shape_for, profile_model
+    from hwdnal.latency.lut import Calibration, load_lut
+    from hwdnal.latency.pipeline import (
+        check_reused_lut,
+        default_lut_path,
+        input_shape_for,
+        profile_model,
+        sibling_path,
+    )
 
     input_shape = input_shape_for(target.batch, example.shape[1], tuple(example.shape[2:]))
     step = target.profile.preferred_channel_step if channel_step is None else channel_step
@@ -242,20 +262,38 @@ def prepare_target_latency(
     elif measure or budget is not None:
         _measure_dense_and_smallest(result, model, example)  # an impossible budget stops here
     if budget is not None or lut_path:
+        reused = True
+        if known and known.get("lut") and Path(known["lut"]).is_file():
+            lut_path = known["lut"]  # the LUT this run used (a corrected one, maybe)
         if lut_path:
             lut = load_lut(lut_path, result.device(), force=force_lut)
         else:
             path = default_lut_path(model_name, target.name, input_shape)
             lut = None
-            if path.exists():
-                try:
-                    lut = load_lut(path, result.device(), force=force_lut)
-                except UserError:
-                    lut = None  # measured elsewhere, or damaged: this cache is ours to redo
+            # a LUT an earlier run corrected beside the default one comes first
+            for candidate in (sibling_path(path, "reprofiled"),
+                              sibling_path(path, "recalibrated"), path):
+                if lut is None and candidate.exists():
+                    try:
+                        lut = load_lut(candidate, result.device(), force=force_lut)
+                        path = candidate
+                    except UserError:
+                        lut = None  # measured elsewhere, or damaged: this cache is ours to redo
             if lut is None:
                 lut = profile_model(result.device(), model, model_name, tuple(input_shape[2:]),
                                     input_shape[1], out=path, progress=report).lut
+                reused = False
             lut_path = str(path)
+        if known:
+            if known.get("lut_calibration"):  # the correction this run made, kept on resume
+                lut.calibration = Calibration(**known["lut_calibration"])
+        elif reused and result.dense_ms:
+            lut, result.lut_check = check_reused_lut(
+                result.device(), lut, lut_path, model, model_name, input_shape,
+                result.dense_ms, lut_tolerance, progress=report)
+            lut_path = result.lut_check.saved_to or lut_path
+            if note is not None:
+                note(result.lut_check.line())
         result.latency_model, result.lut_path = LatencyModel(lut), lut_path
     return result
 

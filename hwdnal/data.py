@@ -12,8 +12,9 @@ import gzip
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,10 @@ class DataSpec:
     input_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    #: image folders: leave out files that cannot be read (else they are an error)
+    skip_bad_images: bool = False
+    #: the files left out so far, each with why
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, self.in_channels, self.input_size, self.input_size)
@@ -68,8 +73,13 @@ def load_data(
     train_subset: int | None = None,
     test_subset: int | None = None,
     seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> DataSpec:
-    """Load ``name`` (one of :data:`DATASETS`) with deterministic subsets."""
+    """Load ``name`` (one of :data:`DATASETS`) with deterministic subsets.
+
+    ``skip_bad_images``: image files of an ``imagefolder`` that cannot be read are left out
+    and counted (on stderr) instead of stopping the run with the file's name.
+    """
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}': use one of {', '.join(DATASETS)}")
     if name in ("fashion-mnist", "mnist"):
@@ -77,7 +87,8 @@ def load_data(
     elif name == "cifar10":
         train, test, classes = _load_cifar10(data_dir)
     elif name == "imagefolder":
-        return _load_imagefolder(data_dir, input_size or 224, seed)
+        return _load_imagefolder(data_dir, input_size or 224, train_subset, test_subset, seed,
+                                 skip_bad_images)
     else:
         size = input_size or 32
         train, test, classes = _synthetic(size, seed)
@@ -89,12 +100,17 @@ def load_data(
 
 
 def _subset(split: Split, count: int | None, seed: int) -> Split:
-    if count is None or count >= len(split):
-        return split
+    order = _subset_order(len(split), count, seed)
+    return split if order is None else Split(split.images[order], split.labels[order])
+
+
+def _subset_order(total: int, count: int | None, seed: int) -> torch.Tensor | None:
+    """Indices of a deterministic random subset of ``count`` (None: all of them)."""
+    if count is None or count >= total:
+        return None
     if count < 1:
-        raise UserError(f"--train-subset must be at least 1, got {count}")
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
-    return Split(split.images[order], split.labels[order])
+        raise UserError(f"--train-subset and --test-subset must be at least 1, got {count}")
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
 
 
 # -- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------
@@ -214,8 +230,18 @@ def _synthetic(size: int, seed: int, classes: int = 10) -> tuple[Split, Split, i
 
 
 # -- image folders ------------------------------------------------------------------------
-def _load_imagefolder(data_dir: str | Path | None, size: int, seed: int) -> DataSpec:
+def _load_imagefolder(
+    data_dir: str | Path | None,
+    size: int,
+    train_subset: int | None,
+    test_subset: int | None,
+    seed: int,
+    skip_bad_images: bool,
+) -> DataSpec:
+    """``train/`` and ``val/`` with a folder per class; every image resized and centre-cropped
+    to ``size``; augmentation (as for the other data sets) happens in :func:`batches`."""
     from torchvision import datasets, transforms
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
     if not data_dir:
         raise UserError("imagefolder needs --data-dir with train/ and val/ subfolders")
@@ -225,17 +251,93 @@ def _load_imagefolder(data_dir: str | Path | None, size: int, seed: int) -> Data
             raise UserError(f"{root / sub} is missing: imagefolder needs train/ and val/ "
                             "subfolders with one folder per class")
     mean, std = _STATS["imagefolder"]
-    train_tf = transforms.Compose([
-        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(mean, std),
-    ])
-    test_tf = transforms.Compose([
+    transform = transforms.Compose([
         transforms.Resize(int(size * 1.14)), transforms.CenterCrop(size),
         transforms.ToTensor(), transforms.Normalize(mean, std),
     ])
-    train = datasets.ImageFolder(str(root / "train"), train_tf)
-    test = datasets.ImageFolder(str(root / "val"), test_tf)
-    return DataSpec("imagefolder", train, test, len(train.classes), 3, size, mean, std)
+    skipped: dict[str, str] = {}
+
+    def readable(path: str) -> bool:
+        if not has_file_allowed_extension(path, IMG_EXTENSIONS):
+            return False
+        why = _unreadable(path)
+        if why is None:
+            return True
+        if not skip_bad_images:
+            raise UserError(_bad_image_message(path, why))
+        skipped[path] = why
+        return False
+
+    splits = []
+    for sub, count, subset_seed in (("train", train_subset, seed), ("val", test_subset, seed + 1)):
+        try:
+            folder = datasets.ImageFolder(str(root / sub), transform, is_valid_file=readable)
+        except FileNotFoundError as error:  # no class folders, or a class with no image
+            raise UserError(f"{root / sub}: {error}") from None
+        order = _subset_order(len(folder), count, subset_seed)
+        splits.append((folder, _Images(folder, None if order is None else order.tolist())))
+    if skipped:
+        _say(f"skipped {len(skipped)} unreadable image file(s) in {root} (--skip-bad-images), "
+             f"e.g. {next(iter(skipped))}")
+    (train_folder, train), (_, test) = splits
+    return DataSpec("imagefolder", train, test, len(train_folder.classes), 3, size, mean, std,
+                    skip_bad_images, skipped)
+
+
+def _unreadable(path: str) -> str | None:
+    """Why PIL cannot open ``path`` as an image (its header), or None when it can."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - the header is parsed
+    except Exception as error:
+        return f"{type(error).__name__}: {_first_line(error)}"
+    return None
+
+
+def _bad_image_message(path: str, why: str) -> str:
+    return (f"{path} cannot be read as an image ({why}): remove or replace it, or pass "
+            "--skip-bad-images to leave unreadable files out")
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+class _Images(torch.utils.data.Dataset):
+    """An ImageFolder (or a subset of it) whose unreadable files arrive as ``(path, why)``
+    in place of the image, for :func:`batches` to stop with the file's name or skip."""
+
+    def __init__(self, folder: torch.utils.data.Dataset, indices: list[int] | None) -> None:
+        self.folder = folder
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.folder)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        if self.indices is not None:
+            index = self.indices[index]
+        path, label = self.folder.samples[index]
+        try:
+            return self.folder[index]
+        except Exception as error:  # e.g. a truncated file: its header read, its pixels not
+            return (path, f"{type(error).__name__}: {_first_line(error)}"), label
+
+
+def _collate(items: list[tuple[object, int]]) -> tuple[object, list[tuple[str, str]]]:
+    """The batch of the readable images (None if none) and the unreadable ones' (path, why)."""
+    from torch.utils.data import default_collate
+
+    good = [item for item in items if not isinstance(item[0], tuple)]
+    bad = [item[0] for item in items if isinstance(item[0], tuple)]
+    return (default_collate(good) if good else None), bad
 
 
 # -- batching -----------------------------------------------------------------------------
@@ -256,13 +358,7 @@ def batches(
     """
     source = data.train if split == "train" else data.test
     if not isinstance(source, Split):
-        loader = torch.utils.data.DataLoader(
-            source, batch_size=batch_size, shuffle=shuffle, num_workers=_workers(),
-            generator=torch.Generator().manual_seed(seed), drop_last=shuffle,
-        )
-        for index, batch in enumerate(loader):
-            if index >= skip:
-                yield batch
+        yield from _folder_batches(data, source, batch_size, shuffle, seed, augment, skip)
         return
     mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
     std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
@@ -283,6 +379,40 @@ def batches(
         if flips is not None and shift is not None:
             images = _augment(images, flips, shift)
         yield images, source.labels[index]
+
+
+def _folder_batches(
+    data: DataSpec,
+    source: torch.utils.data.Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    augment: bool,
+    skip: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of an image folder through a DataLoader, augmented as the in-memory sets are;
+    an unreadable file stops with its name, or is left out with ``skip_bad_images``."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        source, batch_size=batch_size, shuffle=shuffle, num_workers=_workers(),
+        generator=torch.Generator().manual_seed(seed), drop_last=shuffle, collate_fn=_collate,
+    )
+    for index, (batch, bad) in enumerate(loader):
+        for path, why in bad:
+            if not data.skip_bad_images:
+                raise UserError(_bad_image_message(path, why))
+            if path not in data.skipped:
+                data.skipped[path] = why
+                _say(f"skipped unreadable image {path} ({why}): {len(data.skipped)} left "
+                     "out so far (--skip-bad-images)")
+        count = len(batch[1]) if batch is not None else 0
+        flips, shift = _augmentation(count, generator) if augment else (None, None)
+        if index < skip or batch is None:
+            continue
+        images, labels = batch
+        if flips is not None and shift is not None:
+            images = _augment(images, flips, shift)
+        yield images, labels
 
 
 def steps_per_epoch(data: DataSpec, batch_size: int) -> int:

@@ -229,11 +229,15 @@ def _markdown(
         lines.append(_row("latency, measured median (ms)", dense.get("latency_ms"),
                           pruned.get("latency_ms"), lambda v: f"{v:.3f}", _ratio))
     if _number(pruned.get("predicted_latency_ms")):
-        lines.append(f"| latency, predicted (ms) | | {pruned['predicted_latency_ms']:.3f} | |")
+        error = _latency_error(pruned)
+        change = f"{100 * error:+.1f}% vs measured" if error is not None else ""
+        lines.append(f"| latency, predicted (ms) | | {pruned['predicted_latency_ms']:.3f} | "
+                     f"{change} |")
     speedup = _speedup(result)
     if speedup is not None:
         lines.append(f"| speedup (measured) | | **{speedup:.2f}x** | |")
     lines.append("")
+    lines += _latency_warnings(result)
     if not has_latency:
         where = ("the table under *Compiled* has the pruned network's latency"
                  if result.get("compiled") else
@@ -299,6 +303,42 @@ def _target_text(target: Any) -> str:
         if fp.get("remote") else None,
     ) if x)
     return f"`{target.get('name', '?')}`" + (f" ({details})" if details else "")
+
+
+#: a pruned network's predicted latency this far off its measurement is flagged
+LATENCY_ERROR_FLAG = 0.10
+
+
+def _latency_error(pruned: dict[str, Any]) -> float | None:
+    """(predicted - measured) / measured of the pruned network, from result.json."""
+    if _number(pruned.get("latency_error")):
+        return float(pruned["latency_error"])
+    predicted, measured = pruned.get("predicted_latency_ms"), pruned.get("latency_ms")
+    if _number(predicted) and _number(measured) and measured > 0:
+        return (float(predicted) - float(measured)) / float(measured)
+    return None
+
+
+def _latency_warnings(result: dict[str, Any]) -> list[str]:
+    """What the LUT's check against the device did, and a visible flag when its prediction
+    for the pruned network is far off the measurement."""
+    lines = []
+    check = result.get("lut_check")
+    if isinstance(check, dict) and check.get("action") in ("recalibrated", "reprofiled"):
+        saved = check.get("saved_to")
+        lines += [
+            f"> **Note**: the reused LUT predicted the dense network "
+            f"{100 * float(check.get('error') or 0):+.0f}% off its measurement on this device; "
+            f"it was {check['action']} before the search"
+            + (f" (written to `{saved}`)." if saved else "."), ""]
+    error = _latency_error(result.get("pruned", {}))
+    if error is not None and abs(error) > LATENCY_ERROR_FLAG:
+        lines += [
+            f"> **Warning**: the LUT's predicted latency of the pruned network is "
+            f"{100 * error:+.1f}% off its measurement (more than "
+            f"{100 * LATENCY_ERROR_FLAG:.0f}%): the latency model does not describe this "
+            "device well; profile the model again on it (`hwdnal profile`).", ""]
+    return lines
 
 
 def _budget_text(budget: Any, pruned: dict[str, Any]) -> str:

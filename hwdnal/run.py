@@ -56,8 +56,11 @@ class RunDir:
             self._lock = None
 
     # -- configuration -------------------------------------------------------------------
-    def open(self, config: dict[str, Any]) -> bool:
-        """Create the run, or check it matches ``config``; returns True when resuming."""
+    def open(self, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
+        """Create the run, or check it matches ``config``; returns True when resuming.
+
+        A setting the stored config lacks (written by an older hwdnal) counts as its value in
+        ``defaults``: adding an option with a default does not orphan earlier runs."""
         config_path = self.path / "config.json"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -77,10 +80,11 @@ class RunDir:
                 f"{self.path} was written by an incompatible hwdnal (run format "
                 f"{stored.get('format')}, this is {RUN_FORMAT}): use a new --out"
             )
+        defaults = defaults or {}
         different = sorted(
             key for key in set(stored) | set(config)
             if key not in RESUMABLE_CHANGES | {"format", "hwdnal"}
-            and stored.get(key) != config.get(key)
+            and stored.get(key, defaults.get(key)) != config.get(key)
         )
         if different and not self._has_progress():
             # nothing was computed under the old settings (it failed at once): start afresh

@@ -52,6 +52,10 @@ from hwdnal.train import LossTerm, evaluate, train_epoch
 STAGES = ("weights", "architecture", "prune", "finetune")
 
 
+#: a pruned network's predicted latency this far off its measurement is flagged
+LATENCY_ERROR_FLAG = 0.10
+
+
 @dataclass
 class SearchConfig:
     model: str = "resnet20"
@@ -60,6 +64,8 @@ class SearchConfig:
     input_size: int | None = None
     train_subset: int | None = None
     test_subset: int | None = None
+    #: leave out (and count) the image files of an imagefolder data set that cannot be read
+    skip_bad_images: bool = False
     epochs_weights: int = 4
     epochs_arch: int = 2
     epochs_finetune: int = 3
@@ -71,6 +77,8 @@ class SearchConfig:
     lambda_a: float = 0.1
     seed: int = 0
     weights: str | None = None
+    #: read a --weights file that is a whole pickled module (it can run code from the file)
+    trust_weights_pickle: bool = False
     channels_last: bool = True
     device: str = "cpu"
     target: str = "cpu"
@@ -79,13 +87,17 @@ class SearchConfig:
     budget: str | None = None
     lut: str | None = None
     force_lut: bool = False
+    #: a reused LUT whose dense prediction is off the device by more than this is corrected
+    lut_tolerance: float = 0.10
     #: keep each group's channel count a multiple of this (None: the target's preference)
     channel_step: int | None = None
     latency_rate: float = 0.05
     compile: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["trust_weights_pickle"]  # a permission for this invocation, not a setting
+        return data
 
 
 class SearchObserver:
@@ -163,7 +175,7 @@ class DnalSearch:
     def run(self) -> dict[str, Any]:
         """All stages, resuming where an earlier run of the same configuration stopped."""
         self._check_inputs()
-        self.resumed = self.run_dir.open(self.config.to_json())
+        self.resumed = self.run_dir.open(self.config.to_json(), SearchConfig().to_json())
         try:
             return self._run()
         finally:
@@ -176,11 +188,13 @@ class DnalSearch:
         config = self.config
         self.data = load_data(
             config.data, config.data_dir, config.input_size, config.train_subset,
-            config.test_subset, config.seed,
+            config.test_subset, config.seed, skip_bad_images=config.skip_bad_images,
         )
         self._target = load_target(config.target).with_remote(config.remote)
         self._budget = parse_budget(config.budget) if config.budget else None
-        self._new_model()
+        model = self._new_model()
+        if config.weights:  # a file that cannot be loaded fails here, like any bad input
+            _load_weights(model, config.weights, config.trust_weights_pickle)
         if config.compile or config.budget or config.lut:  # the search measures on the target
             self._measurer = open_measurer(self._target)
 
@@ -225,6 +239,9 @@ class DnalSearch:
         }
         if self.latency.lut_path:
             result["lut"] = self.latency.lut_path
+        lut_check = (progress.latency or {}).get("lut_check")
+        if lut_check:
+            result["lut_check"] = lut_check
         if config.compile:
             try:
                 self._stage_compile(progress, dense, pruned, result)
@@ -243,6 +260,7 @@ class DnalSearch:
             target, self._measurer, self._new_model(), config.model, self._example(1).cpu(),
             self._budget, config.lut, config.force_lut, config.channel_step, known=progress.latency,
             report=self._profiling, measure=config.compile,
+            lut_tolerance=config.lut_tolerance, note=self.observer.message,
         )
         if progress.latency is None:
             progress.latency = latency.facts()
@@ -290,7 +308,7 @@ class DnalSearch:
         started = time.perf_counter()
         model = self._new_model()
         if config.weights:
-            _load_weights(model, config.weights)
+            _load_weights(model, config.weights, config.trust_weights_pickle)
             epochs = 0
         else:
             epochs = config.epochs_weights
@@ -524,9 +542,16 @@ class DnalSearch:
         result["pruned"]["latency_ms"] = pruned_measured.median_ms
         result["pruned"]["latency_p90_ms"] = pruned_measured.p90_ms
         if latency.latency_model is not None:
-            result["pruned"]["predicted_latency_ms"] = latency.latency_model.predict_module(
-                pruned.cpu())
+            predicted = latency.latency_model.predict_module(pruned.cpu())
             pruned.to(self.config.device)
+            error = (predicted - pruned_measured.median_ms) / pruned_measured.median_ms
+            result["pruned"]["predicted_latency_ms"] = predicted
+            result["pruned"]["latency_error"] = error  # (predicted - measured) / measured
+            result["latency_flag"] = abs(error) > LATENCY_ERROR_FLAG
+            if result["latency_flag"]:
+                self.observer.message(
+                    f"warning: the LUT predicts {predicted:.3f} ms for the pruned network, "
+                    f"measured {pruned_measured.median_ms:.3f} ms ({100 * error:+.0f}%)")
         result["speedup"] = dense_measured.median_ms / pruned_measured.median_ms
         if latency.budget_ms is not None:
             budget_ms = latency.budget_against(dense_measured.median_ms)
@@ -596,20 +621,39 @@ def _load_module(path: Path, device: str = "cpu") -> nn.Module:
     return model
 
 
-def _load_weights(model: nn.Module, path: str) -> None:
-    """Load ``--weights``: a saved module, a state dict, or a dict with a 'model' entry."""
+def _load_weights(model: nn.Module, path: str, trust_pickle: bool = False) -> None:
+    """Load ``--weights``: a state dict, or a dict with a 'model' or 'state_dict' entry.
+
+    The file is read with ``weights_only=True``, so it cannot run code; a whole pickled
+    module (which can) is read only with ``trust_pickle`` (``--trust-weights-pickle``).
+    """
+    import pickle
+    import re
+    import warnings
+
     try:
-        loaded = torch.load(path, weights_only=False, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on a plain pickle's protocol
+            loaded = torch.load(path, weights_only=not trust_pickle, map_location="cpu")
     except FileNotFoundError:
         raise UserError(f"--weights {path} does not exist") from None
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f"pickled objects ({found.group(1)})" if found else "pickled objects"
+        raise UserError(
+            f"--weights {path} holds {what}, not only tensors: loading it could run code from "
+            "the file; save model.state_dict() instead, or pass --trust-weights-pickle if you "
+            "trust the file"
+        ) from None
     except Exception as error:
-        raise UserError(f"--weights {path} is not a torch checkpoint ({error})") from None
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise UserError(f"--weights {path} is not a torch checkpoint ({first})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), (dict, nn.Module)):
+        loaded = loaded["model"]
+    elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
     if isinstance(loaded, nn.Module):
         loaded = loaded.state_dict()
-    if isinstance(loaded, dict) and "model" in loaded and isinstance(loaded["model"], dict):
-        loaded = loaded["model"]
-    if isinstance(loaded, dict) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
     try:
         model.load_state_dict(loaded)
     except (RuntimeError, TypeError, AttributeError) as error:

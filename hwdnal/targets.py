@@ -27,6 +27,9 @@ MATCH_KEYS = (
     "device", "arch", "cpu_model", "gpu_model", "runtime", "runtime_version", "precision",
     "batch", "threads", "power_mode",
 )
+#: fingerprint keys that tell machines apart where the OS reports them, shown but not
+#: required to match (existing LUTs stay usable; a reused LUT is checked against the device)
+INFO_KEYS = ("cpu_cores", "cpu_max_mhz", "cpu_caches", "gpu_max_clocks")
 _RUNTIMES = ("onnxruntime", "tensorrt", "torch-cuda")
 _DEVICES = ("cpu", "cuda", "jetson")
 
@@ -202,6 +205,15 @@ def _check_remote(url: str, where: str) -> None:
             f"{where} '{url}' is not an agent URL: use ssh://[user@]host[:port], "
             "tcp://host:port or exec:COMMAND"
         )
+
+
+def fingerprint_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """The informational keys (:data:`INFO_KEYS`) both report and that differ."""
+    return [
+        f"{key} {found[key]!r} != {expected[key]!r}"
+        for key in INFO_KEYS
+        if key in found and key in expected and found[key] != expected[key]
+    ]
 
 
 def fingerprint_mismatches(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:

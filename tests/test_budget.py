@@ -118,4 +118,7 @@ def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
     assert result["target"]["name"] == "cpu-quick" and result["target"]["fingerprint"]
     assert any("predicted_latency_ms" in point for point in result["arch_curve"])
     assert len(result["layers"]) > 0 and "pruned_lut_ms" in result["layers"][0]
-    assert "budget_met" in result
+    # the verdict is the final measurement against the budget, and that measurement keeps
+    # the budget the fit met, up to the device's noise
+    assert result["budget_met"] == (result["pruned"]["latency_ms"] <= result["budget_ms"])
+    assert result["pruned"]["latency_ms"] <= 1.25 * result["budget_ms"], result["pruned"]

@@ -92,3 +92,70 @@ def test_synthetic_data_is_learnable_and_reproducible():
     a, b = load_data("synthetic", seed=1), load_data("synthetic", seed=1)
     assert torch.equal(a.train.images, b.train.images)
     assert a.train.labels.unique().numel() == 10
+
+
+# -- image folders -------------------------------------------------------------------------
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("val", 3)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_honours_the_subsets_deterministically(image_folder: Path):
+    data = load_data("imagefolder", image_folder, input_size=16, train_subset=5,
+                     test_subset=4, seed=2)
+    assert len(data.train) == 5 and len(data.test) == 4 and data.num_classes == 2
+    again = load_data("imagefolder", image_folder, input_size=16, train_subset=5,
+                      test_subset=4, seed=2)
+    _, labels = next(batches(data, "train", 5, shuffle=False))
+    _, labels_again = next(batches(again, "train", 5, shuffle=False))
+    assert torch.equal(labels, labels_again)
+    with pytest.raises(UserError, match="at least 1"):
+        load_data("imagefolder", image_folder, input_size=16, train_subset=0)
+
+
+def test_imagefolder_augments_like_the_other_datasets(image_folder: Path):
+    data = load_data("imagefolder", image_folder, input_size=16)
+    plain, _ = next(batches(data, "train", 12, shuffle=False))
+    assert plain.shape == (12, 3, 16, 16)
+    again, _ = next(batches(data, "train", 12, shuffle=False))
+    assert torch.equal(plain, again), "without augmentation the images are fixed"
+    a, _ = next(batches(data, "train", 12, shuffle=False, seed=1, augment=True))
+    b, _ = next(batches(data, "train", 12, shuffle=False, seed=1, augment=True))
+    assert torch.equal(a, b), "augmentation is drawn from the seed"
+    assert not torch.equal(a, plain)
+
+
+def test_unreadable_image_is_an_error_naming_it_or_skipped_and_counted(
+    image_folder: Path, capsys: pytest.CaptureFixture[str]
+):
+    bad = image_folder / "train" / "cat" / "broken.png"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(UserError, match=r"broken\.png cannot be read as an image.*"
+                                        r"--skip-bad-images"):
+        load_data("imagefolder", image_folder, input_size=16)
+    data = load_data("imagefolder", image_folder, input_size=16, skip_bad_images=True)
+    assert len(data.train) == 12 and list(data.skipped) == [str(bad)]
+    assert "skipped 1 unreadable image file" in capsys.readouterr().err
+
+
+def test_image_that_fails_to_decode_is_named_or_skipped(image_folder: Path,
+                                                        capsys: pytest.CaptureFixture[str]):
+    truncated = image_folder / "val" / "dog" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:60])  # the header reads, the pixels do not
+    data = load_data("imagefolder", image_folder, input_size=16)
+    with pytest.raises(UserError, match=r"0\.png cannot be read as an image"):
+        list(batches(data, "test", 4, shuffle=False))
+    data = load_data("imagefolder", image_folder, input_size=16, skip_bad_images=True)
+    labels = torch.cat([labels for _, labels in batches(data, "test", 4, shuffle=False)])
+    assert len(labels) == 5 and list(data.skipped) == [str(truncated)]
+    assert "1 left out so far" in capsys.readouterr().err

@@ -155,3 +155,163 @@ def test_debug_shows_the_traceback(tmp_path: Path):
     done = hwdnal(tmp_path, "--debug", "search", "--out", str(tmp_path / "run"), *FAST,
                   "--model", "resnet9000")
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+# -- files that cannot run code (--weights) ---------------------------------------------
+_EVIL = '''
+import os, pickle, sys
+
+import torch
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+
+
+if sys.argv[3] == "torch":
+    torch.save({"model": Evil()}, sys.argv[1])
+else:
+    with open(sys.argv[1], "wb") as handle:
+        pickle.dump(Evil(), handle)
+'''
+
+
+@pytest.mark.parametrize("how", ["torch", "pickle"])
+def test_malicious_weights_file_is_refused_without_running_it(tmp_path: Path, how: str):
+    weights, marker = tmp_path / "evil.pt", tmp_path / "pwned"
+    (tmp_path / "make_evil.py").write_text(_EVIL)
+    made = subprocess.run([sys.executable, "make_evil.py", str(weights), str(marker), how],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert made.returncode == 0 and weights.exists() and not marker.exists(), made.stderr
+    done = search(tmp_path, *FAST, "--weights", str(weights))
+    assert_clear_error(done, str(weights), "run code", "--trust-weights-pickle")
+    assert not marker.exists(), "unpickling the file ran its code"
+    assert not (tmp_path / "run").exists(), "bad input leaves no run directory behind"
+
+
+def test_weights_accepted_as_state_dicts_and_a_module_only_when_trusted(tmp_path: Path):
+    import torch
+
+    from hwdnal.errors import UserError
+    from hwdnal.models import create_model
+    from hwdnal.search import _load_weights
+
+    torch.manual_seed(1)
+    trained = create_model("resnet20", num_classes=10, in_channels=3)
+    state = trained.state_dict()
+    for name, payload in [("plain", state), ("model", {"model": state, "epoch": 3}),
+                          ("state_dict", {"state_dict": state, "optimizer": {}})]:
+        path = tmp_path / f"{name}.pt"
+        torch.save(payload, path)
+        model = create_model("resnet20", num_classes=10, in_channels=3)
+        _load_weights(model, str(path))
+        assert torch.equal(model.conv1.weight, trained.conv1.weight), name
+    whole = tmp_path / "module.pt"
+    torch.save(trained, whole)
+    with pytest.raises(UserError, match="trust-weights-pickle"):
+        _load_weights(create_model("resnet20"), str(whole))
+    model = create_model("resnet20", num_classes=10, in_channels=3)
+    _load_weights(model, str(whole), trust_pickle=True)
+    assert torch.equal(model.conv1.weight, trained.conv1.weight)
+
+
+def test_trust_weights_pickle_names_the_risk_in_its_help():
+    import inspect
+
+    from hwdnal.cli.search_cmd import search as search_command
+
+    option = inspect.signature(search_command).parameters["trust_weights_pickle"].default
+    assert option.default is False and "runs code from the file" in option.help
+
+
+# -- numeric options, checked before the run directory is touched ----------------------
+_SEARCH_OPTIONS = [
+    ("input_size", 0, "--input-size", "at least 1"),
+    ("train_subset", 0, "--train-subset", "at least 1"),
+    ("test_subset", -5, "--test-subset", "at least 1"),
+    ("epochs_weights", -1, "--epochs-weights", "at least 0"),
+    ("epochs_arch", 0, "--epochs-arch", "at least 1"),
+    ("epochs_finetune", -1, "--epochs-finetune", "at least 0"),
+    ("batch_size", 0, "--batch-size", "at least 1"),
+    ("lr", 0.0, "--lr", "greater than 0"),
+    ("finetune_lr", -0.1, "--finetune-lr", "greater than 0"),
+    ("arch_lr", float("nan"), "--arch-lr", "greater than 0"),
+    ("lambda_a", -1.0, "--lambda-a", "at least 0"),
+    ("channel_step", 0, "--channel-step", "at least 1"),
+    ("latency_rate", -0.05, "--latency-rate", "at least 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "flag", "words"), _SEARCH_OPTIONS,
+                         ids=[case[0] for case in _SEARCH_OPTIONS])
+def test_search_option_out_of_range(name: str, value: float, flag: str, words: str):
+    from hwdnal.cli.search_cmd import check_options
+    from hwdnal.errors import UserError
+    from hwdnal.search import SearchConfig
+
+    check_options(SearchConfig())  # the defaults are fine
+    with pytest.raises(UserError, match=f"^{flag} must be {words}, got ") as caught:
+        check_options(SearchConfig(**{name: value}))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--input-size", "0"], ["--input-size", "at least 1", "got 0"]),
+    (["--lambda-a", "-1"], ["--lambda-a", "at least 0", "got -1"]),
+    (["--finetune-lr", "0"], ["--finetune-lr", "greater than 0"]),
+])
+def test_search_option_out_of_range_on_the_command_line(tmp_path: Path, args: list[str],
+                                                        words: list[str]):
+    assert_clear_error(search(tmp_path, *FAST, *args), *words)
+    assert not (tmp_path / "run").exists(), "bad input leaves no run directory behind"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--input-size", "0"], ["--input-size", "at least 1"]),
+    (["--input-size", "16", "--step", "0"], ["--step", "at least 1"]),
+    (["--input-size", "16", "--grid-points", "0"], ["--grid-points", "at least 1"]),
+    (["--input-size", "16", "--num-classes", "0"], ["--num-classes", "at least 1"]),
+    (["--input-size", "16", "--in-channels", "0"], ["--in-channels", "at least 1"]),
+    (["--input-size", "16", "--calibrate", "-1"], ["--calibrate", "at least 0"]),
+    (["--input-size", "16", "--validate", "-1"], ["--validate", "at least 0"]),
+])
+def test_profile_option_out_of_range(tmp_path: Path, args: list[str], words: list[str]):
+    out = tmp_path / "lut.json"
+    done = hwdnal(tmp_path, "profile", "--target", "cpu", "--model", "resnet20",
+                  "--out", str(out), *args)
+    assert_clear_error(done, *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--calibration-images", "0"], ["--calibration-images", "at least 1"]),
+    (["--accuracy-images", "-1"], ["--accuracy-images", "at least 0"]),
+    (["--max-accuracy-drop", "-1"], ["--max-accuracy-drop", "at least 0"]),
+    (["--atol", "0"], ["--atol", "greater than 0"]),
+])
+def test_compile_option_out_of_range(tmp_path: Path, args: list[str], words: list[str]):
+    assert_clear_error(hwdnal(tmp_path, "compile", str(tmp_path / "run"), "--target", "cpu",
+                              *args), *words)
+
+
+# -- unreadable images -------------------------------------------------------------------
+def _image_folder(root: Path, bad: str | None = None) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 20), (40 * i, 100, 200)).save(folder / f"{i}.png")
+    if bad is not None:
+        (root / bad).write_bytes(b"this is not a PNG")
+    return root
+
+
+def test_unreadable_image_names_the_file(tmp_path: Path):
+    data = _image_folder(tmp_path / "images", bad="train/a/broken.png")
+    done = search(tmp_path, *FAST, "--data", "imagefolder", "--data-dir", str(data))
+    assert_clear_error(done, "broken.png", "cannot be read as an image", "--skip-bad-images")
+    assert not (tmp_path / "run").exists(), "bad input leaves no run directory behind"

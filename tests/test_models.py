@@ -41,3 +41,26 @@ def test_factory_returning_no_module_is_refused(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError, match=r"not a torch\.nn\.Module"):
         create_model("bad_factory:make")
+
+
+def test_user_factory_found_in_the_current_folder(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "nets_here.py").write_text(
+        "from torch import nn\n\n\ndef build(num_classes, in_channels):\n"
+        "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(4, num_classes))\n"
+    )
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.chdir(tmp_path)
+    model = create_model("nets_here:build", num_classes=3, in_channels=2).eval()
+    assert model(torch.randn(1, 2, 8, 8)).shape == (1, 3)
+
+
+def test_factory_that_fails_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "failing_factory.py").write_text(
+        "def make(**kw):\n    raise ValueError('no such width\\nsecond line')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"failed to build the network \(ValueError: no such "
+                                        r"width\)$"):
+        create_model("failing_factory:make")

@@ -103,6 +103,26 @@ def test_report_with_a_budget_plots_latency_and_the_budget_line(run: Path, tmp_p
     assert not (mine / "report" / PLOTS["latency"]).exists()
 
 
+def test_report_shows_the_prediction_error_and_flags_it_above_10_percent(
+        run: Path, tmp_path: Path):
+    mine = copy_run(run, tmp_path)
+    result = _with_budget_keys(mine)
+    text = write_report(mine).read_text()
+    assert "| latency, predicted (ms) | | 0.105 | -4.5% vs measured |" in text
+    assert "**Warning**" not in text and "**Note**" not in text
+
+    result["pruned"]["predicted_latency_ms"] = 0.307  # the LUT of a 2.7x slower machine
+    result["pruned"]["latency_error"] = (0.307 - 0.11) / 0.11
+    result["lut_check"] = {"action": "recalibrated", "error": 1.7,
+                           "saved_to": "profiles/x.recalibrated.json"}
+    (mine / "result.json").write_text(json.dumps(result))
+    text = write_report(mine).read_text()
+    assert "| latency, predicted (ms) | | 0.307 | +179.1% vs measured |" in text
+    assert "> **Warning**: the LUT's predicted latency of the pruned network is +179.1% off" in text
+    assert "it was recalibrated before the search (written to `profiles/x.recalibrated.json`)" \
+        in text
+
+
 def test_report_data_helpers_fall_back_to_groups_and_history():
     result = {
         "groups": [{"name": "conv1", "kept": 3, "total": 16}],

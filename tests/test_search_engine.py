@@ -48,7 +48,8 @@ def test_weights_option_starts_from_given_weights_and_skips_the_weight_stage(tmp
     first = DnalSearch(SearchConfig(**TINY), tmp_path / "a").run()
     recorder = Recorder()
     dense = str(tmp_path / "a" / "dense.pt")
-    config = SearchConfig(**{**TINY, "epochs_weights": 5}, weights=dense)
+    config = SearchConfig(**{**TINY, "epochs_weights": 5}, weights=dense,
+                          trust_weights_pickle=True)  # a run's own dense.pt: a whole module
     second = DnalSearch(config, tmp_path / "b", recorder).run()
     assert "weights" not in recorder.steps
     assert second["stages"][0] == {"name": "weights", "epochs": 0,

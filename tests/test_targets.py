@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hwdnal.errors import UserError
-from hwdnal.targets import MATCH_KEYS, builtin_names, load_target
+from hwdnal.targets import INFO_KEYS, MATCH_KEYS, builtin_names, load_target
 
 
 def test_builtin_targets_load() -> None:
@@ -60,7 +60,11 @@ def test_fingerprint_has_what_identifies_a_measurement() -> None:
     fp = load_target("cpu").fingerprint()
     jetson_only = {"power_mode"}  # nvpmodel's mode, reported on Jetsons alone
     identifying = set(MATCH_KEYS) - jetson_only
-    assert identifying | {"hwdnal_version", "agent_version", "target", "host"} == set(fp)
+    always = {"hwdnal_version", "agent_version", "target", "host", "cpu_cores"}
+    assert identifying | always <= set(fp)
+    assert set(fp) - identifying - always <= set(INFO_KEYS)  # where the OS reports them
+    assert not set(INFO_KEYS) & set(MATCH_KEYS)  # informational: existing LUTs still match
+    assert isinstance(fp["cpu_cores"], int) and fp["cpu_cores"] >= 1
     assert fp["runtime"] == "onnxruntime" and fp["threads"] == 1
 
 

@@ -7,6 +7,8 @@ with the same function.
 
 from __future__ import annotations
 
+import glob
+import os
 import platform
 import shutil
 import socket
@@ -81,6 +83,59 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def cpu_max_mhz() -> int | None:
+    """The first core's highest clock in MHz (cpufreq), where the OS exposes it."""
+    khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    return int(khz) // 1000 if khz.isdigit() else None
+
+
+def cpu_caches() -> str | None:
+    """The first core's caches, e.g. ``"L1d 48K, L1i 32K, L2 1024K, L3 32768K"`` (sysfs)."""
+    found = []
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        level, kind = _read(index + "/level"), _read(index + "/type")
+        size = _read(index + "/size")
+        if not (level and size):
+            continue
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        found.append(f"L{level}{suffix} {size}")
+    return ", ".join(found) or None
+
+
+def gpu_max_clocks() -> str | None:
+    """The GPU's highest clocks: nvidia-smi's SM/memory maxima, or a Jetson's GPU devfreq."""
+    if is_jetson():
+        for folder in sorted(glob.glob("/sys/class/devfreq/*")):
+            if any(n in os.path.basename(folder) for n in ("gpu", "ga10b", "gv11b", "gp10b")):
+                hz = _read(folder + "/max_freq")
+                if hz.isdigit():
+                    return f"{int(hz) // 1000000} MHz"
+        return None
+    lines = _run(["nvidia-smi", "--query-gpu=clocks.max.sm,clocks.max.mem",
+                  "--format=csv,noheader"]).splitlines()
+    return lines[0].strip() if lines else None
+
+
+def informational() -> dict[str, Any]:
+    """What tells machines apart beyond the matched keys, where the OS reports it: core
+    count, clocks, cache sizes. Recorded in a LUT and shown, never required to match (an
+    existing LUT stays usable); hwdnal's check of a reused LUT against the device's own
+    measurement is what catches a machine these keys do not tell apart."""
+    found: dict[str, Any] = {"cpu_cores": os.cpu_count()}
+    for key, value in (("cpu_max_mhz", cpu_max_mhz()), ("cpu_caches", cpu_caches())):
+        if value:
+            found[key] = value
+    return found
+
+
 def jetson_power_mode() -> str:
     """The nvpmodel power mode (``"MAXN"``, ``"15W"``…); latency depends on it."""
     first = _run(["nvpmodel", "-q"]).splitlines()
@@ -110,4 +165,9 @@ def fingerprint(runtime: str, device: str, precision: str, threads: int, batch: 
     }
     if is_jetson():
         found["power_mode"] = jetson_power_mode()
+    found.update(informational())
+    if device != "cpu":
+        clocks = gpu_max_clocks()
+        if clocks:
+            found["gpu_max_clocks"] = clocks
     return found

@@ -10,7 +10,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from hwdnal.latency.calibration import error_summary, fit_correction, random_sub
 from hwdnal.latency.lut import Calibration, Lut
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.latency.profiler import build_entries, discover_layers, measure_grid, plan_grid
-from hwdnal.targets import Target
+from hwdnal.targets import Target, fingerprint_differences
 
 Progress = Callable[[int, int, str], None]
 NETWORK_BATCH = 12  # whole networks compiled and timed together
@@ -40,6 +40,8 @@ class ProfileResult:
     grid_measured_now: int  # of which measured in this run (the rest came from the cache)
     networks_measured_now: int
     seconds: float
+    #: one line when cached whole-network measurements disagreed with the device
+    note: str | None = None
 
 
 def input_shape_for(
@@ -137,6 +139,7 @@ def _profile(
     prefix = f"net | {model_id} | seed{seed} | m{multiple}"
     named += [(f"{prefix} | strat-cal{i}", n) for i, n in enumerate(calibration_nets)]
     named += [(f"{prefix} | val{i}", n) for i, n in enumerate(validation_nets)]
+    note = _check_cached_networks(named, measurer, input_shape, cache)
     networks_now = _measure_networks(named, measurer, input_shape, cache, progress, seed)
     measured = {key: cache.get(key) for key, _ in named}
     features = {key: predictor.features_module(net) for key, net in named}
@@ -174,7 +177,7 @@ def _profile(
     return ProfileResult(
         lut=lut, path=path, grid_points=lut.profile["layer_measurements"],
         grid_measured_now=grid_measured, networks_measured_now=networks_now,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - started, note=note,
     )
 
 
@@ -222,6 +225,34 @@ def _measure_networks(
     return measured_now
 
 
+def _check_cached_networks(
+    named: list[tuple[str, nn.Module]], measurer: Measurer, input_shape: tuple[int, ...],
+    cache: MeasurementCache, tolerance: float = 0.5,
+) -> str | None:
+    """Whole networks measured earlier meet the device: the dense network is measured now
+    and, when the cached value is off by more than ``tolerance``, every cached whole-network
+    measurement of this profile is dropped so calibration and validation use fresh ones
+    (the layer grid is kept: the new calibration absorbs a uniform change of speed). The
+    cache is local, so only a machine swapped under the same fingerprint moves it by much:
+    the tolerance is wide, so timing noise of tiny networks does not trigger it."""
+    dense_key = named[0][0]
+    cached = cache.get(dense_key)
+    if cached is None:
+        return None
+    settings = target_settings(measurer.target, pre_seconds=0.2)  # warm, as the cache was
+    now = measurer.measure([(named[0][1], input_shape)], settings)[0]
+    error = (cached.median_ms - now.median_ms) / now.median_ms
+    if abs(error) <= tolerance:
+        return None
+    for key, _ in named:
+        cache.points.pop(key, None)
+    cache.put(dense_key, now)
+    cache.flush()
+    return (f"the cached dense network ({cached.median_ms:.3f} ms) is {100 * error:+.0f}% off "
+            f"the device now ({now.median_ms:.3f} ms): whole networks measured again, "
+            "calibration refitted")
+
+
 def _point(raw: float, predicted: float, measured: Measurement) -> dict[str, float]:
     return {"raw_ms": round(raw, 5), "predicted_ms": round(predicted, 5),
             "measured_ms": round(measured.median_ms, 5), "p90_ms": round(measured.p90_ms, 5)}
@@ -253,3 +284,161 @@ def describe(result: ProfileResult) -> dict[str, Any]:
         "calibration": lut.calibration,
         "validation": lut.validation,
     }
+
+
+# -- a reused LUT against the device ------------------------------------------------------
+#: a reused LUT whose dense prediction is off by more than this is corrected
+DEFAULT_TOLERANCE = 0.10
+#: random sub-networks measured (beside the dense one) to recalibrate a reused LUT
+RECALIBRATE_SAMPLES = 6
+
+
+@dataclass
+class RealityCheck:
+    """What a reused LUT's prediction for the dense network met on the device, and what was
+    done about it: ``confirmed``, ``recalibrated`` or ``reprofiled``."""
+
+    action: str
+    predicted_ms: float  # the LUT as loaded
+    measured_ms: float
+    tolerance: float
+    after_ms: float | None = None  # the corrected LUT's prediction for the dense network
+    after_measured_ms: float | None = None
+    saved_to: str | None = None
+    #: informational fingerprint keys that differ between the LUT and this machine
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    @property
+    def after_error(self) -> float | None:
+        if self.after_ms is None or not self.after_measured_ms:
+            return None
+        return (self.after_ms - self.after_measured_ms) / self.after_measured_ms
+
+    def line(self) -> str:
+        seen = (f"LUT predicts {self.predicted_ms:.3f} ms for the dense network, the device "
+                f"measures {self.measured_ms:.3f} ms ({100 * self.error:+.0f}%)")
+        if self.differences:
+            seen += f" (the LUT's machine differs: {', '.join(self.differences)})"
+        if self.action == "confirmed":
+            return f"{seen}: within {100 * self.tolerance:.0f}%, LUT confirmed"
+        after = self.after_error
+        now = f"; now {100 * after:+.1f}%" if after is not None else ""
+        where = f", saved to {self.saved_to}" if self.saved_to else ", not saved"
+        if self.action == "recalibrated":
+            return (f"{seen}: recalibrated from {RECALIBRATE_SAMPLES + 1} fresh whole-network "
+                    f"measurements{now}{where}")
+        return (f"{seen}: recalibration was not enough, re-profiled this model{now}{where} "
+                "(the loaded LUT is left as it was)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "dense_predicted_ms": round(self.predicted_ms, 5),
+                "dense_measured_ms": round(self.measured_ms, 5),
+                "error": round(self.error, 4), "tolerance": self.tolerance,
+                "after_error": None if self.after_error is None else round(self.after_error, 4),
+                "saved_to": self.saved_to, "differences": self.differences}
+
+
+def sibling_path(path: str | Path, what: str) -> Path:
+    """``NAME.json`` -> ``NAME.<what>.json`` beside it (a loaded LUT is never overwritten)."""
+    path = Path(path)
+    stem = path.name[:-5] if path.name.endswith(".json") else path.name
+    for suffix in (".recalibrated", ".reprofiled"):
+        stem = stem.removesuffix(suffix)
+    return path.with_name(f"{stem}.{what}.json")
+
+
+def check_reused_lut(
+    measurer: Measurer, lut: Lut, lut_path: str | Path, model: nn.Module, model_name: str,
+    input_shape: Sequence[int], dense_measured_ms: float, tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0, progress: Progress | None = None,
+) -> tuple[Lut, RealityCheck]:
+    """Compare a loaded LUT's prediction for the dense network with the device's measurement;
+    beyond ``tolerance`` recalibrate its whole-network correction from fresh measurements,
+    and re-profile when that is not enough. The loaded file is never written: a corrected
+    LUT goes beside it (``NAME.recalibrated.json`` / ``NAME.reprofiled.json``)."""
+    model = model.cpu().eval()
+    predicted = LatencyModel(lut).predict_module(model)
+    check = RealityCheck("confirmed", predicted, dense_measured_ms, tolerance,
+                         differences=fingerprint_differences(measurer.fingerprint(),
+                                                             lut.fingerprint))
+    if abs(check.error) <= tolerance:
+        return lut, check
+    corrected, dense_now = recalibrate(measurer, lut, model, input_shape, seed)
+    check.after_ms = LatencyModel(corrected).predict_module(model)
+    check.after_measured_ms = dense_now
+    fit_error = corrected.calibration.fit_median_error or 0.0
+    after_error = check.after_error
+    if after_error is not None and abs(after_error) <= tolerance and fit_error <= tolerance:
+        check.action = "recalibrated"
+        check.saved_to = _save_beside(corrected, sibling_path(lut_path, "recalibrated"))
+        return corrected, check
+    import tempfile
+
+    out = sibling_path(lut_path, "reprofiled")
+    with tempfile.TemporaryDirectory() as fresh:  # no cached measurement of the old LUT's
+        result = profile_model(measurer, model, model_name, tuple(input_shape[2:]),
+                               input_shape[1], out=out, seed=seed, cache_dir=fresh,
+                               progress=progress)
+    check.action = "reprofiled"
+    check.after_ms = LatencyModel(result.lut).predict_module(model)
+    check.after_measured_ms = result.lut.calibration.dense_measured_ms
+    check.saved_to = str(result.path)
+    return result.lut, check
+
+
+def recalibrate(
+    measurer: Measurer, lut: Lut, model: nn.Module, input_shape: Sequence[int], seed: int = 0,
+    samples: int = RECALIBRATE_SAMPLES,
+) -> tuple[Lut, float]:
+    """A copy of ``lut`` whose whole-network correction is fitted to the dense network and
+    ``samples`` random sub-networks measured now (dense as each batch's reference); returns
+    it and the dense network's latency in that measurement."""
+    import copy
+    import tempfile
+
+    shape = tuple(input_shape)
+    example = torch.randn(1, *shape[1:])
+    multiple = int(lut.profile.get("channel_multiple") or
+                   measurer.target.profile.preferred_channel_step)
+    model_id = _architecture_id(model, shape)
+    named: list[tuple[str, nn.Module]] = [(f"net | {model_id} | dense", model)]
+    nets = random_subnetworks(model, example, samples, seed + 104729, multiple, stratified=True)
+    named += [(f"net | {model_id} | recal{i}", net) for i, net in enumerate(nets)]
+    with tempfile.TemporaryDirectory() as folder:  # fresh measurements only
+        cache = MeasurementCache.for_target(folder, measurer.fingerprint())
+        _measure_networks(named, measurer, shape, cache, None, seed)
+        measured = {key: cache.get(key) for key, _ in named}
+    predictor = LatencyModel(lut)
+    features = {key: predictor.features_module(net) for key, net in named}
+    keys = [key for key, _ in named]
+    fit = fit_correction([features[k][0] for k in keys], [features[k][1] for k in keys],
+                         [measured[k].median_ms for k in keys])
+    corrected = copy.deepcopy(lut)
+    dense_key = keys[0]
+    corrected.calibration = Calibration(
+        scale=fit.scale, memory_ms_per_melem=fit.memory_ms_per_melem, offset_ms=fit.offset_ms,
+        samples=len(keys), dense_measured_ms=measured[dense_key].median_ms,
+        dense_raw_ms=features[dense_key][0],
+        points=[_point(features[k][0], fit.predict(*features[k]), measured[k]) for k in keys],
+    )
+    corrected.calibration.fit_median_error = error_summary(
+        [p["predicted_ms"] for p in corrected.calibration.points],
+        [p["measured_ms"] for p in corrected.calibration.points],
+    )["median_rel_error"]
+    corrected.validation = None  # measured against the old correction
+    corrected.profile = {**lut.profile, "recalibrated_from": {
+        "scale": lut.calibration.scale, "memory_ms_per_melem": lut.calibration.memory_ms_per_melem,
+        "offset_ms": lut.calibration.offset_ms,
+        "dense_measured_ms": lut.calibration.dense_measured_ms}}
+    return corrected, measured[dense_key].median_ms
+
+
+def _save_beside(lut: Lut, path: Path) -> str | None:
+    try:
+        return str(lut.save(path))
+    except OSError:
+        return None

@@ -8,6 +8,8 @@ keyword arguments ``num_classes`` and ``in_channels`` (a user factory may ignore
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 
 from torch import nn
@@ -48,23 +50,37 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
 
 def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     module_name, _, factory_name = spec.partition(":")
+    here = os.getcwd()
+    if here not in sys.path:  # a module in the current folder, as uvicorn and gunicorn find it
+        sys.path.insert(0, here)
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
         raise UserError(
             f"cannot import '{module_name}' for --model {spec}: {error}; make sure the module "
-            "is on PYTHONPATH (run from its folder or pip install it)"
+            "is in the current folder or on PYTHONPATH (or pip install it)"
         ) from error
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise UserError(f"'{module_name}' has no callable '{factory_name}' for --model {spec}")
     try:
-        model = factory(num_classes=num_classes, in_channels=in_channels)
-    except TypeError:
-        model = factory()
+        try:
+            model = factory(num_classes=num_classes, in_channels=in_channels)
+        except TypeError:
+            model = factory()
+    except Exception as error:
+        raise UserError(
+            f"--model {spec} failed to build the network ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        ) from error
     if not isinstance(model, nn.Module):
         raise UserError(
             f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module; the "
             "factory must return the network"
         )
     return model
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
