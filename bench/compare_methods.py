@@ -131,7 +131,8 @@ class Bench:
             model=model, data="fashion-mnist", train_subset=s.train_subset,
             test_subset=s.test_subset, epochs_weights=s.epochs_weights,
             epochs_arch=s.epochs_arch, epochs_finetune=s.epochs_finetune, seed=seed,
-            target=self.target_arg, compile=False)
+            target=self.target_arg, compile=False,
+            trust_weights_pickle=True)  # --weights are the bench's own dense.pt files
         return SearchConfig(**{**settings, **changes})
 
     def data(self, seed: int):

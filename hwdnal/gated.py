@@ -42,6 +42,8 @@ class GatedModel(nn.Module):
         #: per device: [layers, channels] gate indices of each layer's in/out channels
         self._layer_index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        #: gated and ungated output of each layer that also feeds a gated BatchNorm
+        self._ungated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for index_name, site in self.plan.gate_sites.items():
             self.register_buffer(_buffer_name(index_name), site.out_gate_index, persistent=False)
         self._attach()
@@ -51,12 +53,29 @@ class GatedModel(nn.Module):
         self._handles.append(self.model.register_forward_pre_hook(self._compute_gates))
         for name, site in self.plan.gate_sites.items():
             self._handles.append(site.module.register_forward_hook(self._gate_hook(name)))
+        modules = dict(self.model.named_modules())
+        for norm, layer in self.plan.ungated_inputs.items():
+            self._handles.append(
+                modules[norm].register_forward_pre_hook(self._ungate_hook(layer))
+            )
+
+    def _ungate_hook(self, layer: str):
+        """A BatchNorm after a gated layer reads the layer's ungated output (gated once)."""
+
+        def hook(_module: nn.Module, inputs: tuple) -> tuple | None:
+            gated, raw = self._ungated.pop(layer, (None, None))
+            if gated is not None and inputs and inputs[0] is gated:
+                return (raw, *inputs[1:])
+            return None
+
+        return hook
 
     def detach_gates(self) -> nn.Module:
         """Remove every hook and return the plain model."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._ungated.clear()
         return self.model
 
     def _compute_gates(self, _module: nn.Module, _inputs: object) -> None:
@@ -72,15 +91,19 @@ class GatedModel(nn.Module):
     def _gate_hook(self, name: str):
         buffer = _buffer_name(name)
         linear = isinstance(self.plan.gate_sites[name].module, nn.Linear)
+        feeds_norm = name in set(self.plan.ungated_inputs.values())
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor | None:
             if self._current is None:
                 return None
             multiplier = self._current[getattr(self, buffer)]
             if linear:
-                return output * multiplier
-            shape = [1, -1] + [1] * (output.dim() - 2)
-            return output * multiplier.view(shape)
+                gated = output * multiplier
+            else:
+                gated = output * multiplier.view([1, -1] + [1] * (output.dim() - 2))
+            if feeds_norm:
+                self._ungated[name] = (gated, output)
+            return gated
 
         return hook
 

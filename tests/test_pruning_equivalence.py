@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import calibrate_batchnorm
-from toy_models import ConcatGroupedNet
+from toy_models import ConcatGroupedNet, RotatedSplitNet, SharedConvNet, ShuffleNet
 
 from hwdnal.complexity import predicted_params
+from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
 from hwdnal.models import create_model
@@ -22,13 +23,21 @@ CASES = [
     ("resnet50", 64),
     ("mobilenet_v2", 64),
     ("vgg16_bn", 64),
+    ("shufflenet_v2_x0_5", 32),
+    ("shufflenet_v2_x1_0", 32),
     ("concat+grouped (test-only model)", 16),
+    ("shuffle (test-only model)", 16),
+    ("shared conv (test-only model)", 16),
 ]
 
 
 def _build(name: str) -> torch.nn.Module:
     if name.startswith("concat"):
         return ConcatGroupedNet(num_classes=10, in_channels=3)
+    if name.startswith("shared"):
+        return SharedConvNet(num_classes=10, in_channels=3)
+    if name.startswith("shuffle "):
+        return ShuffleNet(num_classes=10, in_channels=3)
     return create_model(name, num_classes=10, in_channels=3)
 
 
@@ -67,3 +76,26 @@ def test_every_group_keeps_at_least_one_channel():
     assert all(group["kept"] == 1 for group in gated.kept_per_group())
     pruned = prune_physically(gated)
     assert pruned(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_pruned_weights_keep_channels_last():
+    torch.manual_seed(0)
+    model = ShuffleNet()
+    calibrate_batchnorm(model, (4, 3, 16, 16))
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    gated = GatedModel(model, x)
+    gated.set_keep_mask(torch.rand(gated.plan.num_gates) < 0.6)
+    gated.set_mode(GateMode.HARD)
+    with torch.no_grad():
+        gated_out = gated(x)
+    pruned = prune_physically(gated)
+    convs = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    with torch.no_grad():
+        assert (pruned(x) - gated_out).abs().max().item() <= 1e-4
+
+
+def test_a_model_torch_pruning_cannot_map_is_refused_naming_the_layer():
+    with pytest.raises(UserError, match=r"cannot group the channels at .*'stem\.\d'"):
+        GatedModel(RotatedSplitNet(), torch.randn(1, 3, 8, 8))
