@@ -12,7 +12,6 @@ import os
 import pwd
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import hwdnal_agent.client as client_module
 from hwdnal_agent import PROTOCOL_VERSION
 from hwdnal_agent.client import AgentError, Unreachable, connect
 from hwdnal_agent.timing import Measurement, TimingSettings
+
+from .processes import stop_process
 
 pytest.importorskip("onnxruntime")
 
@@ -64,14 +65,7 @@ class Sshd:
         return " ".join(shlex.quote(a) for a in argv)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 def _keygen(path: Path) -> None:
