@@ -369,6 +369,7 @@ class DnalSearch:
             checkpoint = self.run_dir.load_checkpoint("architecture")
             assert checkpoint is not None
             gated.gate.load_state_dict(checkpoint["gate"])
+            gated.model.load_state_dict(checkpoint["model"])  # the stage's BatchNorm statistics
             gated.set_delta(checkpoint["delta"])
             return gated
         started = time.perf_counter()

@@ -102,3 +102,32 @@ def test_the_same_seed_gives_the_same_pruned_architecture(tmp_path: Path):
     other = DnalSearch(SearchConfig(**{**TINY, "epochs_arch": 2}, seed=1),
                        tmp_path / "c").run()
     assert other["groups"] != first["groups"], "the seed must matter"
+
+
+def test_a_run_resumed_between_architecture_and_prune_prunes_exactly_as_an_uninterrupted_one(
+    tmp_path: Path,
+):
+    """The architecture stage leaves gates, δ and BatchNorm statistics (it normalises with
+    batch statistics while the gates learn); a resume at the prune stage must restore all."""
+    run = tmp_path / "run"
+    DnalSearch(SearchConfig(**TINY), run).run()
+    uninterrupted = torch.load(run / "checkpoints" / "pruned_init.pt", weights_only=False)
+
+    # the state a run stopped right after its architecture stage leaves behind
+    state = json.loads((run / "state.json").read_text())
+    state["finished"] = ["weights", "architecture"]
+    state["stages"] = [s for s in state["stages"] if s["name"] in state["finished"]]
+    (run / "state.json").write_text(json.dumps(state))
+    for name in ("pruned_init.pt", "finetune.pt"):
+        (run / "checkpoints" / name).unlink(missing_ok=True)
+    for name in ("pruned.pt", "result.json"):
+        (run / name).unlink(missing_ok=True)
+    recorder = Recorder()
+    DnalSearch(SearchConfig(**TINY), run, recorder).run()
+
+    assert [stage for stage, _ in recorder.started][:1] == ["prune"]
+    resumed = torch.load(run / "checkpoints" / "pruned_init.pt", weights_only=False)
+    expected, found = uninterrupted["model"].state_dict(), resumed["model"].state_dict()
+    assert expected.keys() == found.keys()
+    for key in expected:
+        assert torch.equal(expected[key], found[key]), key
