@@ -7,6 +7,7 @@ traceback is shown only with ``--debug``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -57,17 +58,26 @@ def main() -> None:
     from hwdnal.errors import UserError
     from hwdnal.interrupt import Interrupted
 
+    # under torchrun, rank 0 speaks for the job: the others stay quiet about errors it
+    # already reported (PeerError) and about the resume line
+    quiet = os.environ.get("RANK", "0") != "0"
     try:
         app()
     except UserError as error:
         if state["debug"] or "--debug" in sys.argv:
             raise
-        typer.echo(f"error: {error}", err=True)
+        from hwdnal.distributed import PeerError
+
+        if not (quiet and isinstance(error, PeerError)):
+            typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except Interrupted as stop:
-        command = shlex.join(["hwdnal", *sys.argv[1:]])
-        typer.echo(f"stopped during {stop.where}; progress is saved. Resume with: {command}",
-                   err=True)
+        if not quiet:
+            command = shlex.join(["hwdnal", *sys.argv[1:]])
+            if "WORLD_SIZE" in os.environ:
+                command = f"torchrun ... --no-python {command}"
+            typer.echo(f"stopped during {stop.where}; progress is saved. Resume with: "
+                       f"{command}", err=True)
         sys.exit(stop.exit_code)
 
 

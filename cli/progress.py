@@ -70,9 +70,9 @@ class RichSearchObserver(SearchObserver):
             stage=self._stage, metrics="",
         )
 
-    def step(self, stage: str, values: dict[str, float]) -> None:
-        self._step += 1
-        if self._task is None or (self._step % 2 and self._step != self._steps):
+    def step(self, stage: str, done: int, values: dict[str, float]) -> None:
+        self._step = done
+        if self._task is None:
             return
         shown = []
         for key in ("loss", "acc", "sparsity", "latency_ms", "delta", "kept"):

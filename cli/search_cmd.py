@@ -65,11 +65,28 @@ def search(
     latency_rate: float = typer.Option(0.05, help="Dual-ascent rate of the latency weight."),
     compile: bool = typer.Option(True, help="Measure the result on the target at the end."),
     remote: str | None = remote_option(),
+    amp: str = typer.Option(
+        "auto", help="Mixed precision of the forward passes: auto (bf16 on a GPU that has "
+        "it, full precision on the CPU), bf16 or off."
+    ),
+    torch_compile: bool = typer.Option(
+        False, help="Compile the training graphs with torch.compile (minutes to start, "
+        "faster steps on a GPU)."
+    ),
+    sync_batchnorm: bool = typer.Option(
+        False, help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
+        "(for small per-GPU batches)."
+    ),
 ) -> None:
-    """Learn which channels to keep with DNAL, prune them physically and finetune."""
+    """Learn which channels to keep with DNAL, prune them physically and finetune.
+
+    Data-parallel on several GPUs or processes: torchrun --nproc-per-node N --no-python
+    hwdnal search ... (--batch-size is then the global batch; rank 0 measures and writes).
+    """
     from hwdnal.cli.progress import RichSearchObserver, print_summary
+    from hwdnal.distributed import Cluster
     from hwdnal.interrupt import GracefulStop
-    from hwdnal.search import DnalSearch, SearchConfig
+    from hwdnal.search import DnalSearch, SearchConfig, SearchObserver
 
     config = SearchConfig(
         model=model, data=data, data_dir=data_dir, input_size=input_size,
@@ -79,7 +96,8 @@ def search(
         lambda_a=lambda_a, seed=seed, weights=weights,
         trust_weights_pickle=trust_weights_pickle, device=device, target=target, budget=budget,
         lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
-        compile=compile, remote=remote, lut_tolerance=lut_tolerance,
+        compile=compile, remote=remote, lut_tolerance=lut_tolerance, amp=amp,
+        torch_compile=torch_compile, sync_batchnorm=sync_batchnorm,
     )
     check_options(config)
     _check_device(device)
@@ -87,8 +105,16 @@ def search(
         from hwdnal.budget import parse_budget
 
         parse_budget(budget)  # a malformed budget fails before any work
-    with GracefulStop() as stop, RichSearchObserver() as observer:
-        result: dict[str, Any] = DnalSearch(config, out, observer, stop).run()
+    cluster = Cluster.from_environment(device)
+    try:
+        if not cluster.is_main:  # rank 0 draws the progress and prints the summary
+            with GracefulStop() as stop:
+                DnalSearch(config, out, SearchObserver(), stop, cluster).run()
+            return
+        with GracefulStop() as stop, RichSearchObserver() as observer:
+            result: dict[str, Any] = DnalSearch(config, out, observer, stop, cluster).run()
+    finally:
+        cluster.close()
     print_summary(result, out)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class LatencyConstraint:
     rate: float = 0.05
     #: aim a little under the budget: the device measurement is the judge, not the LUT
     aim: float = 0.97
-    history: list[float] = field(default_factory=list)
 
     def term(self) -> GateLossTerm:
         return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self.ascend)
@@ -55,12 +54,12 @@ class LatencyConstraint:
     def _relative_latency(self, gated: GatedModel) -> torch.Tensor:
         return self.model.predict_gated(gated) / self.budget_ms
 
-    def ascend(self, term: GateLossTerm, relative: float) -> None:
-        """One dual-ascent step on the value the training step already read back to log it
-        (``train_epoch`` reads each term once per step): no further host read, none per
-        layer. The term itself (:meth:`_relative_latency`) stays on the gates' device."""
-        term.weight = max(0.0, term.weight + self.rate * (relative - self.aim))
-        self.history.append(relative * self.budget_ms)
+    def ascend(self, term: GateLossTerm, relative: torch.Tensor) -> None:
+        """One dual-ascent step on the value the training step computed, on the gates'
+        device: no host read per step. In double precision, as a Python float would be."""
+        step = self.rate * (relative.detach().double() - self.aim)
+        term.weight = torch.clamp_min(torch.as_tensor(term.weight, dtype=torch.float64,
+                                                      device=relative.device) + step, 0.0)
 
 
 def group_counts(gated: GatedModel, keep: torch.Tensor) -> list[int]:

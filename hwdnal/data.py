@@ -61,6 +61,22 @@ class DataSpec:
     skip_bad_images: bool = False
     #: the files left out so far, each with why
     skipped: dict[str, str] = field(default_factory=dict)
+    #: image folders: batches in pinned memory (set by :meth:`to_device` for a GPU)
+    pin_memory: bool = False
+    #: image folders: one DataLoader per (split, batch, shuffle, shard), kept for its workers
+    loaders: dict[tuple, torch.utils.data.DataLoader] = field(default_factory=dict, repr=False)
+
+    def to_device(self, device: str | torch.device) -> DataSpec:
+        """Keep in-memory splits on ``device`` (a GPU holds Fashion-MNIST or CIFAR-10 many
+        times over): batches are then cut, normalised and augmented there, with no copy per
+        step. Image folders stay on disk and arrive in pinned memory instead."""
+        device = torch.device(device)
+        for name in ("train", "test"):
+            split = getattr(self, name)
+            if isinstance(split, Split):
+                setattr(self, name, Split(split.images.to(device), split.labels.to(device)))
+        self.pin_memory = device.type == "cuda"
+        return self
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.randn(batch, self.in_channels, self.input_size, self.input_size)
@@ -332,12 +348,14 @@ class _Images(torch.utils.data.Dataset):
 
 
 def _collate(items: list[tuple[object, int]]) -> tuple[object, list[tuple[str, str]]]:
-    """The batch of the readable images (None if none) and the unreadable ones' (path, why)."""
+    """The batch of the readable images with their positions in the batch (None if none),
+    and the unreadable ones' (path, why)."""
     from torch.utils.data import default_collate
 
-    good = [item for item in items if not isinstance(item[0], tuple)]
+    good = [n for n, item in enumerate(items) if not isinstance(item[0], tuple)]
     bad = [item[0] for item in items if isinstance(item[0], tuple)]
-    return (default_collate(good) if good else None), bad
+    batch = (default_collate([items[n] for n in good]), torch.tensor(good)) if good else None
+    return batch, bad
 
 
 # -- batching -----------------------------------------------------------------------------
@@ -349,55 +367,119 @@ def batches(
     seed: int = 0,
     augment: bool = False,
     skip: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalised float batches; in-memory splits are sliced, folders use a DataLoader.
 
     ``skip`` leaves out the first batches of the (deterministic) order, drawing their random
     augmentation all the same, so that an epoch resumed half-way sees the batches it would
-    have seen.
+    have seen. ``shard = (rank, world)``: ``batch_size`` is the global batch, and this
+    process gets every world-th image of each one, augmented as it would be alone.
+    In-memory splits stay where :meth:`DataSpec.to_device` put them (on a GPU, batches are
+    cut, normalised and augmented there).
     """
     source = data.train if split == "train" else data.test
     if not isinstance(source, Split):
-        yield from _folder_batches(data, source, batch_size, shuffle, seed, augment, skip)
+        yield from _folder_batches(data, split, source, batch_size, shuffle, seed, augment,
+                                   skip, shard)
         return
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1) * 255
-    std = torch.tensor(data.std).view(1, -1, 1, 1) * 255
+    device = source.images.device
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * 255
     generator = torch.Generator().manual_seed(seed)
     count = len(source)
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    order = order.to(device, non_blocking=True)
     stop = len(order) - (len(order) % batch_size if shuffle and len(order) > batch_size else 0)
     for number, start in enumerate(range(0, stop, batch_size)):
         index = order[start : start + batch_size]
         flips, shift = _augmentation(len(index), generator) if augment else (None, None)
         if number < skip:
             continue
+        if shard is not None:
+            index = index[shard[0] :: shard[1]]
+            flips = flips[shard[0] :: shard[1]] if flips is not None else None
         images = (source.images[index].float() - mean) / std
         if images.shape[-1] != data.input_size:
             images = F.interpolate(
                 images, size=data.input_size, mode="bilinear", align_corners=False
             )
         if flips is not None and shift is not None:
-            images = _augment(images, flips, shift)
+            images = _augment(images, flips.to(device, non_blocking=True), shift)
         yield images, source.labels[index]
+
+
+class _GlobalBatches(torch.utils.data.Sampler):
+    """Index lists of a seeded order cut into global batches, this rank's share of each.
+
+    One sampler serves every epoch of a persistent DataLoader: :meth:`restart` sets the
+    epoch's seed and the batches to skip before the loader is iterated again.
+    """
+
+    def __init__(self, count: int, batch_size: int, shuffle: bool,
+                 shard: tuple[int, int] | None) -> None:
+        self.count, self.batch_size, self.shuffle, self.shard = count, batch_size, shuffle, shard
+        self.seed = 0
+        self.skip = 0
+
+    def restart(self, seed: int, skip: int) -> None:
+        self.seed, self.skip = seed, skip
+
+    def _global(self) -> list[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed))
+        else:
+            order = torch.arange(self.count)
+        size = self.batch_size
+        stop = self.count - (self.count % size if self.shuffle and self.count > size else 0)
+        return [order[start : start + size].tolist() for start in range(0, stop, size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for number, batch in enumerate(self._global()):
+            if number < self.skip:
+                continue
+            yield batch if self.shard is None else batch[self.shard[0] :: self.shard[1]]
+
+    def __len__(self) -> int:
+        return max(len(self._global()) - self.skip, 0)
 
 
 def _folder_batches(
     data: DataSpec,
+    split: str,
     source: torch.utils.data.Dataset,
     batch_size: int,
     shuffle: bool,
     seed: int,
     augment: bool,
     skip: int,
+    shard: tuple[int, int] | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of an image folder through a DataLoader, augmented as the in-memory sets are;
-    an unreadable file stops with its name, or is left out with ``skip_bad_images``."""
+    an unreadable file stops with its name, or is left out with ``skip_bad_images``.
+
+    The loader and its worker processes live as long as the data set (persistent workers),
+    so an epoch does not pay for starting them; batches come in pinned memory when training
+    on a GPU, for copies that overlap the computation.
+    """
     generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        source, batch_size=batch_size, shuffle=shuffle, num_workers=_workers(),
-        generator=torch.Generator().manual_seed(seed), drop_last=shuffle, collate_fn=_collate,
-    )
-    for index, (batch, bad) in enumerate(loader):
+    key = (split, batch_size, shuffle, shard)
+    loader = data.loaders.get(key)
+    if loader is None:
+        sampler = _GlobalBatches(len(source), batch_size, shuffle, shard)
+        workers = _workers()
+        loader = torch.utils.data.DataLoader(
+            source, batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
+            pin_memory=data.pin_memory, persistent_workers=workers > 0,
+        )
+        data.loaders[key] = loader
+    sampler = loader.batch_sampler
+    assert isinstance(sampler, _GlobalBatches)
+    sampler.restart(seed, 0)
+    planned = [len(b) for b in sampler._global()]
+    sampler.restart(seed, skip)
+    draws = [_augmentation(count, generator) if augment else (None, None) for count in planned]
+    for index, (batch, bad) in enumerate(loader, start=skip):
         for path, why in bad:
             if not data.skip_bad_images:
                 raise UserError(_bad_image_message(path, why))
@@ -405,13 +487,14 @@ def _folder_batches(
                 data.skipped[path] = why
                 _say(f"skipped unreadable image {path} ({why}): {len(data.skipped)} left "
                      "out so far (--skip-bad-images)")
-        count = len(batch[1]) if batch is not None else 0
-        flips, shift = _augmentation(count, generator) if augment else (None, None)
-        if index < skip or batch is None:
+        if batch is None:
             continue
-        images, labels = batch
+        (images, labels), good = batch
+        flips, shift = draws[index]
         if flips is not None and shift is not None:
-            images = _augment(images, flips, shift)
+            if shard is not None:
+                flips = flips[shard[0] :: shard[1]]
+            images = _augment(images, flips[good], shift)
         yield images, labels
 
 
@@ -423,17 +506,19 @@ def steps_per_epoch(data: DataSpec, batch_size: int) -> int:
 _PAD = 2
 
 
-def _augmentation(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _augmentation(count: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+    """Random flips (a CPU tensor) and one random crop offset per batch (plain numbers: the
+    loop reads no tensor for it)."""
     flips = torch.rand(count, generator=generator) < 0.5
-    shift = torch.randint(0, 2 * _PAD + 1, (2,), generator=generator)
+    shift = torch.randint(0, 2 * _PAD + 1, (2,), generator=generator).tolist()
     return flips, shift
 
 
-def _augment(images: torch.Tensor, flips: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def _augment(images: torch.Tensor, flips: torch.Tensor, shift: list[int]) -> torch.Tensor:
     """Random horizontal flips and random crops with 2-pixel padding, on the whole batch."""
     images = torch.where(flips.view(-1, 1, 1, 1), images.flip(-1), images)
     padded = F.pad(images, (_PAD, _PAD, _PAD, _PAD))
-    dx, dy = (int(v) for v in shift)
+    dx, dy = shift
     size = images.shape[-1]
     return padded[..., dy : dy + size, dx : dx + size]
 

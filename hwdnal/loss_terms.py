@@ -30,11 +30,12 @@ class GateLossTerm:
     """An extra term computed from the gated model, e.g. the predicted latency."""
 
     name: str
-    weight: float
+    weight: float | torch.Tensor
     compute: Callable[[GatedModel], torch.Tensor]
     gated: GatedModel | None = None
-    #: called after every step with the term's value, e.g. to adapt ``weight``
-    after_step: Callable[[GateLossTerm, float], None] | None = None
+    #: called after every step with the term's value (on the device), e.g. to adapt
+    #: ``weight`` without reading it back
+    after_step: Callable[[GateLossTerm, torch.Tensor], None] | None = None
 
     def value(self) -> torch.Tensor:
         assert self.gated is not None, "the term is bound to the gated model by the engine"

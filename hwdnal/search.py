@@ -15,7 +15,10 @@ the engine knows nothing of how they are computed.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from hwdnal.budgeting import (
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import DataSpec, load_data, steps_per_epoch
 from hwdnal.devices import Measurer, open_measurer
+from hwdnal.distributed import Cluster, revert_sync_batchnorm, to_sync_batchnorm
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import DeltaSchedule, GateMode
@@ -47,7 +51,7 @@ from hwdnal.models import create_model
 from hwdnal.prune import prune_physically
 from hwdnal.run import RunDir
 from hwdnal.targets import Target, load_target
-from hwdnal.train import LossTerm, evaluate, train_epoch
+from hwdnal.train import LossTerm, StepValues, TrainSettings, evaluate, train_epoch
 
 STAGES = ("weights", "architecture", "prune", "finetune")
 
@@ -93,6 +97,13 @@ class SearchConfig:
     channel_step: int | None = None
     latency_rate: float = 0.05
     compile: bool = True
+    #: mixed precision of the forward passes: "auto" (bf16 on a GPU that has it, else
+    #: off), "bf16" or "off"; the CPU trains in full precision unless "bf16" is asked for
+    amp: str = "auto"
+    #: compile the training graphs with torch.compile (slow to start, faster per step)
+    torch_compile: bool = False
+    #: under torchrun on GPUs: BatchNorm statistics over the global batch, not each rank's
+    sync_batchnorm: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,7 +118,8 @@ class SearchObserver:
         self, stage: str, epochs: int, steps: int, first_epoch: int, first_step: int = 0
     ) -> None: ...
 
-    def step(self, stage: str, values: dict[str, float]) -> None: ...
+    def step(self, stage: str, done: int, values: dict[str, float]) -> None:
+        """``done`` steps of the epoch are finished; called a few times a second."""
 
     def epoch_finished(self, stage: str, epoch: int, summary: dict[str, float]) -> None: ...
 
@@ -138,11 +150,18 @@ class DnalSearch:
         out: str | Path,
         observer: SearchObserver | None = None,
         stop: GracefulStop | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self.config = config
         self.run_dir = RunDir(out)
-        self.observer = observer or SearchObserver()
         self.stop = stop
+        #: the torchrun job this process belongs to (a cluster of one without torchrun)
+        self.cluster = cluster or Cluster()
+        #: only rank 0 reports: the others would print the same lines N times
+        self.observer = (observer or SearchObserver()) if self.cluster.is_main \
+            else SearchObserver()
+        #: where this process trains (its own GPU under torchrun)
+        self.device = self.cluster.device(config.device)
         self.extra_terms: list[GateLossTerm] = []
         self.data: DataSpec | None = None
         self.resumed = False
@@ -154,11 +173,19 @@ class DnalSearch:
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.requested
 
+    def _stopping_together(self) -> bool:
+        """A stop in the training loops: every rank stops after the same step."""
+        return self.cluster.stop_agreed(self._stopping)
+
+    def _signal_number(self) -> int:
+        """The signal that stopped us (a rank that got none follows the others: SIGTERM)."""
+        number = self.stop.signal_number if self.stop is not None else None
+        return number if number is not None else signal.SIGTERM
+
     def _stop_if_requested(self, completed: bool, stage: str, epoch: int, step: int) -> None:
         """After a checkpoint: leave with :class:`Interrupted` if a stop was asked for."""
-        if not completed or self._stopping():
-            assert self.stop is not None and self.stop.signal_number is not None
-            raise Interrupted(f"{stage} (epoch {epoch + 1}, step {step})", self.stop.signal_number)
+        if not completed or (not self.cluster.active and self._stopping()):
+            raise Interrupted(f"{stage} (epoch {epoch + 1}, step {step})", self._signal_number())
 
     def _profiling(self, done: int, total: int, what: str) -> None:
         """Profiling progress; a requested stop leaves after the batch (it is cached)."""
@@ -174,8 +201,14 @@ class DnalSearch:
     # -- the whole search ----------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """All stages, resuming where an earlier run of the same configuration stopped."""
-        self._check_inputs()
-        self.resumed = self.run_dir.open(self.config.to_json(), SearchConfig().to_json())
+        try:
+            self._check_inputs()
+            error = None
+        except UserError as raised:
+            error = raised
+        self.cluster.raise_if_any(error)  # a rank with bad input stops them all
+        self.resumed = self.cluster.run_on_main(
+            lambda: self.run_dir.open(self.config.to_json(), SearchConfig().to_json()))
         try:
             return self._run()
         finally:
@@ -186,6 +219,11 @@ class DnalSearch:
     def _check_inputs(self) -> None:
         """Bad input fails here, before the run directory is touched."""
         config = self.config
+        self.cluster.check_batch_size(config.batch_size)
+        self._amp = _amp_dtype(config.amp, self.device)
+        if config.sync_batchnorm and not (self.cluster.active and self.device.startswith("cuda")):
+            raise UserError("--sync-batchnorm needs torchrun with --device cuda (SyncBatchNorm "
+                            "runs on GPUs only); leave it out")
         self.data = load_data(
             config.data, config.data_dir, config.input_size, config.train_subset,
             config.test_subset, config.seed, skip_bad_images=config.skip_bad_images,
@@ -195,12 +233,42 @@ class DnalSearch:
         model = self._new_model()
         if config.weights:  # a file that cannot be loaded fails here, like any bad input
             _load_weights(model, config.weights, config.trust_weights_pickle)
-        if config.compile or config.budget or config.lut:  # the search measures on the target
-            self._measurer = open_measurer(self._target)
+        if self.device.startswith("cuda"):
+            self.data.to_device(self.device)
+        if (config.compile or config.budget or config.lut) and self.cluster.is_main:
+            self._measurer = open_measurer(self._target)  # rank 0 alone measures on the target
+
+    def _settings(self) -> TrainSettings:
+        return TrainSettings(channels_last=self.config.channels_last, amp=self._amp,
+                             shard=self.cluster.shard())
+
+    def _load_checkpoint(self, name: str) -> dict[str, Any] | None:
+        """Rank 0 reads the run directory; every rank gets the same checkpoint."""
+        return self.cluster.run_on_main(lambda: self.run_dir.load_checkpoint(name))
+
+    def _load_module(self, path: Path) -> nn.Module:
+        module = self.cluster.run_on_main(lambda: _load_module(path))
+        return module.to(self.device)
+
+    def _on_main(self, work: Callable[[], Any]) -> None:
+        """Writing the run directory and reporting: rank 0's job."""
+        if self.cluster.is_main:
+            work()
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module a training loop calls: averaged across ranks, compiled on request."""
+        if self.cluster.active and self.config.channels_last:
+            # DDP's gradient buckets take each parameter's strides: a 1x1 kernel must be in
+            # the layout its gradient arrives in
+            model.to(memory_format=torch.channels_last)
+        wrapped = self.cluster.data_parallel(model)
+        if self.config.torch_compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
 
     def _run(self) -> dict[str, Any]:
         config = self.config
-        state = self.run_dir.state()
+        state = self.cluster.run_on_main(self.run_dir.state)
         progress = _Progress(**{k: state[k] for k in _Progress.__dataclass_fields__ if k in state})
         torch.manual_seed(config.seed)
         if self.resumed and progress.finished:
@@ -215,7 +283,19 @@ class DnalSearch:
         pruned = self._stage_finetune(progress, pruned)
 
         pruned_params, pruned_macs = params_and_macs(pruned, self._example())
-        pruned_accuracy = evaluate(pruned, self.data)
+        pruned_accuracy = evaluate(pruned, self.data, cluster=self.cluster)
+        return self.cluster.run_on_main(lambda: self._result(
+            progress, dense, pruned, (dense_params, dense_macs),
+            (pruned_params, pruned_macs, pruned_accuracy)))
+
+    def _result(self, progress: _Progress, dense: nn.Module, pruned: nn.Module,
+                dense_size: tuple[int, int], pruned_facts: tuple[int, int, float],
+                ) -> dict[str, Any]:
+        """Rank 0: compile and measure on the target, write result.json."""
+        config = self.config
+        assert self.latency is not None
+        dense_params, dense_macs = dense_size
+        pruned_params, pruned_macs, pruned_accuracy = pruned_facts
         result: dict[str, Any] = {
             "hwdnal": __version__,
             "model": config.model,
@@ -234,6 +314,8 @@ class DnalSearch:
             "arch_history": progress.arch_history,
             "arch_curve": progress.arch_curve,
             "fit_rounds": progress.fit_rounds,
+            "distributed": {**self.cluster.describe(),
+                            "keep_mask_digests": getattr(self, "_mask_digests", None)},
             "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
                           "config": "config.json"},
         }
@@ -256,12 +338,21 @@ class DnalSearch:
         config = self.config
         target = self._target
         assert target is not None
-        latency = prepare_target_latency(
-            target, self._measurer, self._new_model(), config.model, self._example(1).cpu(),
-            self._budget, config.lut, config.force_lut, config.channel_step, known=progress.latency,
-            report=self._profiling, measure=config.compile,
-            lut_tolerance=config.lut_tolerance, note=self.observer.message,
-        )
+
+        def on_main() -> TargetLatency:
+            return prepare_target_latency(
+                target, self._measurer, self._new_model(), config.model,
+                self._example(1).cpu(), self._budget, config.lut, config.force_lut,
+                config.channel_step, known=progress.latency, report=self._profiling,
+                measure=config.compile, lut_tolerance=config.lut_tolerance,
+                note=self.observer.message,
+            )
+
+        # the others need the latency model for the latency term, never the device
+        shared = self.cluster.run_on_main(
+            lambda: dataclasses.replace(on_main(), measurer=None) if self.cluster.active
+            else on_main())
+        latency = dataclasses.replace(shared, measurer=self._measurer)
         if progress.latency is None:
             progress.latency = latency.facts()
             self._save_progress(progress)
@@ -278,16 +369,17 @@ class DnalSearch:
 
     def _example(self, batch: int = 1) -> torch.Tensor:
         assert self.data is not None
-        return self.data.example_input(batch).to(self.config.device)
+        return self.data.example_input(batch).to(self.device)
 
     def _save_progress(self, progress: _Progress) -> None:
-        self.run_dir.save_state(asdict(progress))
+        self._on_main(lambda: self.run_dir.save_state(asdict(progress)))
 
     def _finish_stage(self, progress: _Progress, name: str, epochs: int, seconds: float) -> None:
         if name not in progress.finished:
             progress.finished.append(name)
         progress.stages = [s for s in progress.stages if s["name"] != name]
-        progress.stages.append({"name": name, "epochs": epochs, "seconds": round(seconds, 2)})
+        progress.stages.append({"name": name, "epochs": epochs, "seconds": round(seconds, 2),
+                                "world_size": self.cluster.world_size})
         self._save_progress(progress)
         self.observer.stage_finished(name, seconds)
 
@@ -297,14 +389,14 @@ class DnalSearch:
         model = create_model(self.config.model, self.data.num_classes, self.data.in_channels)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return model.to(self.config.device)
+        return model.to(self.device)
 
     # -- stage 1: weights ----------------------------------------------------------------
     def _stage_weights(self, progress: _Progress) -> nn.Module:
         config = self.config
         dense_path = self.run_dir.path / "dense.pt"
         if "weights" in progress.finished:
-            return _load_module(dense_path, self.config.device)
+            return self._load_module(dense_path)
         started = time.perf_counter()
         model = self._new_model()
         if config.weights:
@@ -313,25 +405,28 @@ class DnalSearch:
         else:
             epochs = config.epochs_weights
         if epochs > 0:
-            self._train_plain(model, "weights", epochs, config.lr, progress)
-        progress.dense_accuracy = evaluate(model, self.data)
-        _save_on_cpu(dense_path, model)
+            model = self._train_plain(model, "weights", epochs, config.lr, progress)
+        progress.dense_accuracy = evaluate(model, self.data, cluster=self.cluster)
+        self._on_main(lambda: _save_on_cpu(dense_path, model))
         self.observer.message(f"dense accuracy {progress.dense_accuracy:.4f}")
         self._finish_stage(progress, "weights", epochs, time.perf_counter() - started)
         return model
 
     def _train_plain(
         self, model: nn.Module, stage: str, epochs: int, lr: float, progress: _Progress
-    ) -> None:
-        """SGD with momentum, cosine LR and weight decay; resumable per epoch."""
+    ) -> nn.Module:
+        """SGD with momentum, cosine LR and weight decay; resumable per epoch. Returns the
+        trained module (the same one, unless SyncBatchNorm was swapped in and out)."""
         config = self.config
         steps = steps_per_epoch(self.data, config.batch_size)
+        if config.sync_batchnorm:
+            model = to_sync_batchnorm(model)
         optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=0.9, nesterov=True,
             weight_decay=config.weight_decay,
         )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
-        checkpoint = self.run_dir.load_checkpoint(stage)
+        checkpoint = self._load_checkpoint(stage)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -339,25 +434,45 @@ class DnalSearch:
         first_epoch, first_step = _resume_position(checkpoint, steps)
         self.observer.stage_started(stage, epochs, steps, first_epoch, first_step)
         model.train()
+        trained = self._wrap(model)
         for epoch in range(first_epoch, epochs):
             stats = train_epoch(
-                model, self.data, optimizer, config.batch_size, seed=config.seed * 1000 + epoch,
-                scheduler=scheduler, on_step=lambda _s, v: self.observer.step(stage, v),
-                channels_last=config.channels_last,
-                start_step=first_step if epoch == first_epoch else 0, should_stop=self._stopping,
+                trained, self.data, optimizer, config.batch_size,
+                seed=config.seed * 1000 + epoch, scheduler=scheduler,
+                on_step=self._shown(stage, steps), settings=self._settings(),
+                start_step=first_step if epoch == first_epoch else 0,
+                should_stop=self._stopping_together,
             )
-            self.run_dir.save_checkpoint(stage, {
+            self.cluster.sync_module(model)  # rank 0's BatchNorm statistics everywhere
+            self._on_main(lambda epoch=epoch, stats=stats: self.run_dir.save_checkpoint(stage, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": stats.steps_done,
-            })
+            }))
             self._stop_if_requested(stats.completed, stage, epoch, stats.steps_done)
             self.observer.epoch_finished(stage, epoch, {"loss": stats.loss, "acc": stats.accuracy})
+        return revert_sync_batchnorm(model) if config.sync_batchnorm else model
+
+    def _shown(self, stage: str, steps: int,
+               extra: Callable[[int, dict[str, float]], dict[str, float]] | None = None,
+               ) -> Callable[[int, StepValues], None]:
+        """The progress callback of a loop: reads the step's values (a wait for the
+        device) only when the bar is redrawn, a few times a second, and at the epoch's end."""
+        clock = _RefreshClock()
+
+        def on_step(step: int, values: StepValues) -> None:
+            if clock.due() or step == steps - 1:
+                shown = values.read()
+                if extra is not None:
+                    shown = extra(step, shown)
+                self.observer.step(stage, step + 1, shown)
+
+        return on_step
 
     # -- stage 2: architecture -----------------------------------------------------------
     def _gated(self, dense: nn.Module) -> GatedModel:
         """Gates on a copy: pruning works in place, and the dense network must survive it
         (the final measurement compares against it)."""
-        gated = GatedModel(copy.deepcopy(dense), self._example(2)).to(self.config.device)
+        gated = GatedModel(copy.deepcopy(dense), self._example(2)).to(self.device)
         for term in self.extra_terms:
             term.gated = gated
         return gated
@@ -366,7 +481,7 @@ class DnalSearch:
         config = self.config
         gated = self._gated(dense)
         if "architecture" in progress.finished:
-            checkpoint = self.run_dir.load_checkpoint("architecture")
+            checkpoint = self._load_checkpoint("architecture")
             assert checkpoint is not None
             gated.gate.load_state_dict(checkpoint["gate"])
             gated.model.load_state_dict(checkpoint["model"])  # the stage's BatchNorm statistics
@@ -382,68 +497,75 @@ class DnalSearch:
         schedule = DeltaSchedule(max(epochs * steps, 1))
         optimizer = torch.optim.SGD(gated.gate.parameters(), lr=config.arch_lr, momentum=0.9)
         terms: list[LossTerm] = [SparsityTerm(gated, config.lambda_a), *self.extra_terms]
-        checkpoint = self.run_dir.load_checkpoint("architecture")
+        checkpoint = self._load_checkpoint("architecture")
         if checkpoint is not None:
             gated.gate.load_state_dict(checkpoint["gate"])
             gated.model.load_state_dict(checkpoint["model"])  # BatchNorm statistics
             optimizer.load_state_dict(checkpoint["optimizer"])
             for term, weight in zip(self.extra_terms, checkpoint.get("term_weights", []),
                                     strict=False):
-                term.weight = weight
+                term.weight = weight.to(self.device) if isinstance(weight, torch.Tensor) \
+                    else weight
         first_epoch, first_step = _resume_position(checkpoint, steps)
         self.observer.stage_started("architecture", epochs, steps, first_epoch, first_step)
         gated.set_delta(schedule(first_epoch * steps + first_step))
         curve_every = max(1, (epochs * steps) // 200)
         budget_ms = self.latency.budget_ms if self.latency else None
+        trained = self._wrap(gated)
+
+        def checkpoint_now(epoch: int, step: int) -> None:
+            self._on_main(lambda: self.run_dir.save_checkpoint("architecture", {
+                "gate": gated.gate.state_dict(), "model": gated.model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                "delta": gated.gate.delta,
+                "term_weights": [_cpu(term.weight) for term in self.extra_terms],
+            }))
+            self._save_progress(progress)
 
         for epoch in range(first_epoch, epochs):
 
-            def on_step(step: int, values: dict[str, float], epoch: int = epoch) -> None:
-                for term in self.extra_terms:
-                    if term.after_step is not None:
-                        term.after_step(term, values[term.name])
-                gated.set_delta(schedule(epoch * steps + step + 1))
+            def shown(step: int, values: dict[str, float]) -> dict[str, float]:
                 kept = int(gated.gate.binary().sum())
                 shown = {**values, "delta": gated.gate.delta, "kept": kept}
                 if budget_ms is not None and "latency" in values:
                     shown["latency_ms"] = values["latency"] * budget_ms
+                return shown
+
+            progress_bar = self._shown("architecture", steps, shown)
+
+            def on_step(step: int, values: StepValues, epoch: int = epoch,
+                        progress_bar: Callable[[int, StepValues], None] = progress_bar) -> None:
+                for term in self.extra_terms:
+                    if term.after_step is not None:
+                        term.after_step(term, values.terms[term.name])
+                gated.set_delta(schedule(epoch * steps + step + 1))
                 global_step = epoch * steps + step
                 if global_step % curve_every == 0 or global_step == epochs * steps - 1:
+                    read = values.read()  # a few hundred reads in the whole stage
                     point = {"step": global_step, "delta": gated.gate.delta,
-                             "loss": values["loss"], "kept": kept}
-                    if "latency_ms" in shown:
-                        point["predicted_latency_ms"] = shown["latency_ms"]
-                        point["latency_weight"] = self.extra_terms[0].weight
+                             "loss": read["loss"], "kept": int(gated.gate.binary().sum())}
+                    if budget_ms is not None and "latency" in read:
+                        point["predicted_latency_ms"] = read["latency"] * budget_ms
+                        point["latency_weight"] = float(self.extra_terms[0].weight)
                     progress.arch_curve.append(point)
-                self.observer.step("architecture", shown)
+                progress_bar(step, values)
 
             stats = train_epoch(
-                gated, self.data, optimizer, config.batch_size,
+                trained, self.data, optimizer, config.batch_size,
                 seed=config.seed * 1000 + 500 + epoch,
-                extra_terms=terms, on_step=on_step, augment=False,
-                channels_last=config.channels_last,
-                start_step=first_step if epoch == first_epoch else 0, should_stop=self._stopping,
+                extra_terms=terms, on_step=on_step, augment=False, settings=self._settings(),
+                start_step=first_step if epoch == first_epoch else 0,
+                should_stop=self._stopping_together,
             )
+            self.cluster.sync_module(gated)  # rank 0's BatchNorm statistics everywhere
             if not stats.completed:
-                self.run_dir.save_checkpoint("architecture", {
-                    "gate": gated.gate.state_dict(), "model": gated.model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "step": stats.steps_done, "delta": gated.gate.delta,
-                    "term_weights": [term.weight for term in self.extra_terms],
-                })
-                self._save_progress(progress)
+                checkpoint_now(epoch, stats.steps_done)
                 self._stop_if_requested(False, "architecture", epoch, stats.steps_done)
             kept = int(gated.keep_mask().sum())
             summary = {"epoch": epoch, "delta": gated.gate.delta, "loss": stats.loss,
                        "acc": stats.accuracy, "kept": kept, **stats.terms}
             progress.arch_history.append(summary)
-            self.run_dir.save_checkpoint("architecture", {
-                "gate": gated.gate.state_dict(), "model": gated.model.state_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "step": steps,
-                "delta": gated.gate.delta,
-                "term_weights": [term.weight for term in self.extra_terms],
-            })
-            self._save_progress(progress)
+            checkpoint_now(epoch, steps)
             self.observer.epoch_finished("architecture", epoch, summary)
         gated.set_delta(schedule.end)
         self._finish_stage(progress, "architecture", epochs, time.perf_counter() - started)
@@ -453,29 +575,19 @@ class DnalSearch:
     def _stage_prune(self, progress: _Progress, gated: GatedModel) -> nn.Module:
         """Remove every channel whose gate is 0; with a budget, fit it on the device first."""
         if "prune" in progress.finished:
-            checkpoint = self.run_dir.load_checkpoint("pruned_init")
+            checkpoint = self._load_checkpoint("pruned_init")
             assert checkpoint is not None
-            return checkpoint["model"].to(self.config.device)
+            return checkpoint["model"].to(self.device)
         started = time.perf_counter()
         self.observer.stage_started("prune", 1, 1, 0)
         latency = self.latency
         assert latency is not None
         keep = gated.keep_mask().cpu()
+        # the ranks trained the same gates: their masks must agree before anything is cut
+        self._mask_digests = self.cluster.check_same("keep mask after the architecture stage",
+                                                     keep)
         if latency.budget_ms is not None:
-            dense = _load_module(self.run_dir.path / "dense.pt")
-            cache = MeasurementCache(self.run_dir.path / "fit-measurements.json",
-                                     latency.fingerprint())
-            if len(cache):
-                self.observer.message(
-                    f"resuming the fit: {len(cache) // 2} measured round(s) are reused from "
-                    f"{cache.path}")
-            keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu(),
-                                         cache=cache)
-            progress.fit_rounds = [r.to_dict() for r in rounds]
-            for r in rounds:
-                self.observer.message(
-                    f"fit round {r.round}: predicted {r.predicted_ms:.3f} ms, measured "
-                    f"{r.measured_ms:.3f} ms (budget {r.budget_ms:.3f} ms)")
+            keep = self.cluster.run_on_main(lambda: self._fit(progress, gated, keep))
         elif latency.channel_step > 1:
             keep = align_keep_mask(gated, keep, latency.channel_step)
         gated.set_keep_mask(keep.to(gated.gate.s.device))
@@ -484,9 +596,29 @@ class DnalSearch:
         pruned = prune_physically(gated)
         for parameter in pruned.parameters():
             parameter.requires_grad_(True)
-        self.run_dir.save_checkpoint("pruned_init", {"model": pruned})
+        self._on_main(lambda: self.run_dir.save_checkpoint(
+            "pruned_init", {"model": pruned, "keep": keep.cpu()}))
         self._finish_stage(progress, "prune", 0, time.perf_counter() - started)
         return pruned
+
+    def _fit(self, progress: _Progress, gated: GatedModel, keep: torch.Tensor) -> torch.Tensor:
+        """Rank 0: fit the architecture to the budget by measuring on the device."""
+        latency = self.latency
+        assert latency is not None
+        dense = _load_module(self.run_dir.path / "dense.pt")
+        cache = MeasurementCache(self.run_dir.path / "fit-measurements.json",
+                                 latency.fingerprint())
+        if len(cache):
+            self.observer.message(
+                f"resuming the fit: {len(cache) // 2} measured round(s) are reused from "
+                f"{cache.path}")
+        keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu(), cache=cache)
+        progress.fit_rounds = [r.to_dict() for r in rounds]
+        for r in rounds:
+            self.observer.message(
+                f"fit round {r.round}: predicted {r.predicted_ms:.3f} ms, measured "
+                f"{r.measured_ms:.3f} ms (budget {r.budget_ms:.3f} ms)")
+        return keep
 
     def _layer_table(self, gated: GatedModel) -> list[dict[str, Any]]:
         """Per conv/linear layer: channels before and after, and LUT latency when known."""
@@ -544,7 +676,7 @@ class DnalSearch:
         result["pruned"]["latency_p90_ms"] = pruned_measured.p90_ms
         if latency.latency_model is not None:
             predicted = latency.latency_model.predict_module(pruned.cpu())
-            pruned.to(self.config.device)
+            pruned.to(self.device)
             error = (predicted - pruned_measured.median_ms) / pruned_measured.median_ms
             result["pruned"]["predicted_latency_ms"] = predicted
             result["pruned"]["latency_error"] = error  # (predicted - measured) / measured
@@ -571,16 +703,48 @@ class DnalSearch:
     def _stage_finetune(self, progress: _Progress, pruned: nn.Module) -> nn.Module:
         config = self.config
         if "finetune" in progress.finished:
-            return _load_module(self.run_dir.path / "pruned.pt", self.config.device)
+            return self._load_module(self.run_dir.path / "pruned.pt")
         started = time.perf_counter()
         if config.epochs_finetune > 0:
-            self._train_plain(pruned, "finetune", config.epochs_finetune, config.finetune_lr,
-                              progress)
+            pruned = self._train_plain(pruned, "finetune", config.epochs_finetune,
+                                       config.finetune_lr, progress)
         pruned.eval()
-        _save_on_cpu(self.run_dir.path / "pruned.pt", pruned)
+        self._on_main(lambda: _save_on_cpu(self.run_dir.path / "pruned.pt", pruned))
         self._finish_stage(progress, "finetune", config.epochs_finetune,
                            time.perf_counter() - started)
         return pruned
+
+
+class _RefreshClock:
+    """True a few times a second: how often a loop may wait for the device to show progress."""
+
+    def __init__(self, seconds: float = 0.25) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
+
+
+def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device`` (None: full precision)."""
+    if amp not in ("auto", "bf16", "off"):
+        raise UserError(f"--amp {amp} is not known: use auto, bf16 or off")
+    if amp == "off" or (amp == "auto" and not device.startswith("cuda")):
+        return None
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        if amp == "bf16":
+            raise UserError(f"--amp bf16: {device} has no bfloat16 support; use --amp off")
+        return None
+    return torch.bfloat16
+
+
+def _cpu(value: float | torch.Tensor) -> float | torch.Tensor:
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
 
 
 def _resume_position(checkpoint: dict[str, Any] | None, steps: int) -> tuple[int, int]:

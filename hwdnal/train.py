@@ -7,7 +7,6 @@ lets the stage move δ and the caller draw progress, with no UI code here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwdnal.data import DataSpec, batches
+from hwdnal.distributed import Cluster
 from hwdnal.errors import UserError
 
 
@@ -24,7 +24,7 @@ class LossTerm(Protocol):
     """A term added to the cross-entropy; its weight is read at every step (it may adapt)."""
 
     name: str
-    weight: float
+    weight: float | torch.Tensor
 
     def value(self) -> torch.Tensor: ...
 
@@ -43,6 +43,42 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
 
 
+def _non_finite() -> NonFiniteLoss:
+    return NonFiniteLoss(
+        "the loss became NaN or infinite: lower the learning rate (--lr) or the weight of the "
+        "regularisers (--lambda-a); the last good checkpoint is kept"
+    )
+
+
+class StepValues:
+    """One step's loss, the epoch's running accuracy and the terms, still on the device.
+
+    Reading them (:meth:`read`) waits for the device; the loop never does, so a GPU runs
+    ahead of Python. Callers read when they show progress, a few times a second.
+    """
+
+    def __init__(self, loss: torch.Tensor, correct: torch.Tensor, seen: int,
+                 terms: dict[str, torch.Tensor], bad: torch.Tensor) -> None:
+        self.loss, self.correct, self.seen, self.terms, self._bad = loss, correct, seen, terms, bad
+
+    def read(self) -> dict[str, float]:
+        if bool(self._bad):
+            raise _non_finite()
+        return {"loss": float(self.loss), "acc": float(self.correct) / max(self.seen, 1),
+                **{name: float(value) for name, value in self.terms.items()}}
+
+
+@dataclass
+class TrainSettings:
+    """How the loop runs on its device; none of it changes what is computed on the CPU."""
+
+    channels_last: bool = False
+    #: autocast dtype of the forward pass (torch.bfloat16), None for full precision
+    amp: torch.dtype | None = None
+    #: (rank, world): this process's share of every global batch under torchrun
+    shard: tuple[int, int] | None = None
+
+
 def train_epoch(
     model: nn.Module,
     data: DataSpec,
@@ -51,83 +87,103 @@ def train_epoch(
     seed: int,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     extra_terms: Sequence[LossTerm] = (),
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, StepValues], None] | None = None,
     augment: bool = True,
     channels_last: bool = False,
     start_step: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    settings: TrainSettings | None = None,
 ) -> EpochStats:
     """One pass over the training split (from ``start_step``); mean loss, accuracy, terms.
 
-    Returns early, after a whole step, when ``should_stop()`` turns true.
+    Loss, accuracy and the terms accumulate on the device and are read once, at the end
+    (or when ``on_step`` reads a :class:`StepValues`). Returns early, after a whole step,
+    when ``should_stop()`` turns true. ``batch_size`` is the global batch under torchrun.
     """
-    total_loss = correct = seen = 0.0
-    term_sums = {term.name: 0.0 for term in extra_terms}
+    settings = settings or TrainSettings(channels_last=channels_last)
     device = _device_of(model)
+    zero = torch.zeros((), device=device)
+    total_loss, correct, bad = zero.clone(), zero.clone(), torch.zeros((), dtype=torch.bool,
+                                                                        device=device)
+    term_sums = {term.name: zero.clone() for term in extra_terms}
+    seen = 0
     step = start_step - 1
     for step, (images, labels) in enumerate(
         batches(data, "train", batch_size, shuffle=True, seed=seed, augment=augment,
-                skip=start_step),
+                skip=start_step, shard=settings.shard),
         start=start_step,
     ):
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
-        if channels_last:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        with torch.autocast(device.type, dtype=settings.amp or torch.bfloat16,
+                            enabled=settings.amp is not None):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
         values = {}
         for term in extra_terms:
             value = term.value()
-            values[term.name] = float(value.detach())
+            values[term.name] = value.detach()
             term_sums[term.name] += values[term.name]
-            if term.weight:
+            if isinstance(term.weight, torch.Tensor):  # adapted on the device (dual ascent)
+                loss = loss + term.weight.to(value.dtype) * value
+            elif term.weight:
                 loss = loss + term.weight * value
-        if not math.isfinite(float(loss.detach())):
-            raise NonFiniteLoss(
-                "the loss became NaN or infinite: lower the learning rate (--lr) or the "
-                "weight of the regularisers (--lambda-a); the last good checkpoint is kept"
-            )
+        bad |= ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         batch = labels.numel()
-        total_loss += float(loss.detach()) * batch
-        correct += float((logits.detach().argmax(1) == labels).sum())
+        total_loss += loss.detach() * batch
+        correct += (logits.detach().argmax(1) == labels).sum()
         seen += batch
         if on_step is not None:
-            on_step(step, {"loss": float(loss.detach()), "acc": correct / seen, **values})
+            on_step(step, StepValues(loss.detach(), correct, seen, values, bad))
         if should_stop is not None and should_stop():
-            return _stats(total_loss, correct, seen, term_sums, step + 1 - start_step,
+            return _stats(total_loss, correct, seen, term_sums, bad, step + 1 - start_step,
                           steps_done=step + 1, completed=False)
-    return _stats(total_loss, correct, seen, term_sums, step + 1 - start_step, step + 1, True)
+    return _stats(total_loss, correct, seen, term_sums, bad, step + 1 - start_step, step + 1,
+                  True)
 
 
-def _stats(total_loss: float, correct: float, seen: float, term_sums: dict[str, float],
-           steps: int, steps_done: int, completed: bool) -> EpochStats:
+def _stats(total_loss: torch.Tensor, correct: torch.Tensor, seen: int,
+           term_sums: dict[str, torch.Tensor], bad: torch.Tensor, steps: int, steps_done: int,
+           completed: bool) -> EpochStats:
+    if bool(bad):
+        raise _non_finite()
     return EpochStats(
-        loss=total_loss / max(seen, 1),
-        accuracy=correct / max(seen, 1),
-        terms={name: value / max(steps, 1) for name, value in term_sums.items()},
+        loss=float(total_loss) / max(seen, 1),
+        accuracy=float(correct) / max(seen, 1),
+        terms={name: float(value) / max(steps, 1) for name, value in term_sums.items()},
         steps_done=steps_done,
         completed=completed,
     )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DataSpec, batch_size: int = 512) -> float:
-    """Top-1 accuracy on the held-out split, in eval mode."""
+def evaluate(model: nn.Module, data: DataSpec, batch_size: int = 512,
+             cluster: Cluster | None = None) -> float:
+    """Top-1 accuracy on the held-out split, in eval mode; each rank of a ``cluster``
+    evaluates its share and the counts are summed (every rank gets the same number)."""
     was_training = model.training
     model.eval()
-    correct = seen = 0
     device = _device_of(model)
-    for images, labels in batches(data, "test", batch_size, shuffle=False):
-        images, labels = images.to(device), labels.to(device)
-        correct += int((model(images).argmax(1) == labels).sum())
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
+    shard = cluster.shard() if cluster is not None else None
+    for images, labels in batches(data, "test", batch_size, shuffle=False, shard=shard):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        correct += (model(images).argmax(1) == labels).sum()
         seen += labels.numel()
     model.train(was_training)
-    return correct / max(seen, 1)
+    if cluster is not None:
+        counts = cluster.sum(torch.stack([correct, seen]))
+        correct, seen = counts[0], counts[1]
+    return int(correct) / max(int(seen), 1)
 
 
 def _device_of(model: nn.Module) -> torch.device:

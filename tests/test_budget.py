@@ -46,13 +46,13 @@ class _LinearLatency:
 def test_latency_weight_rises_over_budget_and_falls_under_it():
     constraint = LatencyConstraint(model=_LinearLatency(), budget_ms=10.0, rate=0.1)
     term = constraint.term()
-    constraint.ascend(term, 1.5)
+    constraint.ascend(term, torch.tensor(1.5))
     assert term.weight > 0
-    raised = term.weight
-    constraint.ascend(term, 0.5)
+    raised = float(term.weight)
+    constraint.ascend(term, torch.tensor(0.5))
     assert term.weight < raised
     for _ in range(20):
-        constraint.ascend(term, 0.2)
+        constraint.ascend(term, torch.tensor(0.2))
     assert term.weight == 0.0, "the multiplier never goes negative"
 
 

@@ -159,3 +159,39 @@ def test_image_that_fails_to_decode_is_named_or_skipped(image_folder: Path,
     labels = torch.cat([labels for _, labels in batches(data, "test", 4, shuffle=False)])
     assert len(labels) == 5 and list(data.skipped) == [str(truncated)]
     assert "1 left out so far" in capsys.readouterr().err
+
+
+# -- shards of a global batch (torchrun) ---------------------------------------------------
+def _interleave(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Rank 0's first image, rank 1's first, rank 0's second, ...: the global batch."""
+    whole = torch.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for rank, part in enumerate(parts):
+        whole[rank :: len(parts)] = part
+    return whole
+
+
+@pytest.mark.parametrize("source", ["synthetic", "imagefolder"])
+def test_the_ranks_shares_of_a_global_batch_make_up_the_single_process_batch(
+        source: str, image_folder: Path):
+    """Same images, same labels, same augmentation: a rank count changes no batch."""
+    data = (load_data("synthetic", input_size=16, train_subset=96) if source == "synthetic"
+            else load_data("imagefolder", image_folder, input_size=16))
+    size = 12 if source == "synthetic" else 4
+    alone = list(batches(data, "train", size, shuffle=True, seed=5, augment=True, skip=1))
+    ranks = [list(batches(data, "train", size, shuffle=True, seed=5, augment=True, skip=1,
+                          shard=(rank, 2))) for rank in range(2)]
+    assert len(alone) == len(ranks[0]) == len(ranks[1]) > 0
+    for number, (images, labels) in enumerate(alone):
+        shares = [ranks[rank][number] for rank in range(2)]
+        assert torch.equal(_interleave([s[1] for s in shares]), labels)
+        assert torch.equal(_interleave([s[0] for s in shares]), images)
+
+
+def test_an_image_folder_keeps_its_loader_and_workers_between_epochs(image_folder: Path):
+    data = load_data("imagefolder", image_folder, input_size=16)
+    first = [labels for _, labels in batches(data, "train", 4, shuffle=True, seed=1)]
+    loader = next(iter(data.loaders.values()))
+    second = [labels for _, labels in batches(data, "train", 4, shuffle=True, seed=2)]
+    assert list(data.loaders.values()) == [loader], "one loader serves every epoch"
+    assert sorted(torch.cat(first).tolist()) == sorted(torch.cat(second).tolist())
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

@@ -20,14 +20,18 @@ class Recorder(SearchObserver):
     def __init__(self) -> None:
         self.started: list[tuple[str, int]] = []
         self.steps: dict[str, list[dict[str, float]]] = {}
+        self.done: dict[str, list[int]] = {}
+        self.total_steps: dict[str, int] = {}
 
     def stage_started(
         self, stage: str, epochs: int, steps: int, first_epoch: int, first_step: int = 0
     ) -> None:
         self.started.append((stage, first_epoch))
+        self.total_steps[stage] = epochs * steps
 
-    def step(self, stage: str, values: dict[str, float]) -> None:
+    def step(self, stage: str, done: int, values: dict[str, float]) -> None:
         self.steps.setdefault(stage, []).append(values)
+        self.done.setdefault(stage, []).append(done)
 
 
 def test_result_has_the_contract_keys_and_delta_rises_from_1_to_1e4(tmp_path: Path):
@@ -41,7 +45,9 @@ def test_result_has_the_contract_keys_and_delta_rises_from_1_to_1e4(tmp_path: Pa
     deltas = [v["delta"] for v in recorder.steps["architecture"]]
     assert deltas == sorted(deltas)
     assert deltas[-1] == pytest.approx(1e4)
-    assert deltas[0] == pytest.approx(1e4 ** (1 / (len(deltas) - 1)))  # one step past δ = 1
+    assert recorder.done["architecture"][0] == 1  # progress is shown from the first step
+    total = recorder.total_steps["architecture"]
+    assert deltas[0] == pytest.approx(1e4 ** (1 / (total - 1)))  # one step past δ = 1
 
 
 def test_weights_option_starts_from_given_weights_and_skips_the_weight_stage(tmp_path: Path):
@@ -52,7 +58,7 @@ def test_weights_option_starts_from_given_weights_and_skips_the_weight_stage(tmp
                           trust_weights_pickle=True)  # a run's own dense.pt: a whole module
     second = DnalSearch(config, tmp_path / "b", recorder).run()
     assert "weights" not in recorder.steps
-    assert second["stages"][0] == {"name": "weights", "epochs": 0,
+    assert second["stages"][0] == {"name": "weights", "epochs": 0, "world_size": 1,
                                    "seconds": second["stages"][0]["seconds"]}
     assert second["dense"]["accuracy"] == pytest.approx(first["dense"]["accuracy"])
 
@@ -70,8 +76,8 @@ def test_extra_loss_terms_join_the_architecture_loss_and_may_adapt(tmp_path: Pat
     def width(gated) -> torch.Tensor:
         return sum(c.out_channels for c in gated.channel_counts()) / 1000
 
-    def grow(term: GateLossTerm, value: float) -> None:
-        seen.append(value)
+    def grow(term: GateLossTerm, value: torch.Tensor) -> None:
+        seen.append(float(value))
         term.weight *= 1.1
 
     term = GateLossTerm("width", 1.0, width, after_step=grow)
