@@ -375,12 +375,19 @@ def _stages_section(result: dict[str, Any]) -> list[str]:
     stages = result.get("stages") or []
     if not stages:
         return []
-    lines = ["## Stages", "", "| stage | epochs | time |", "|---|---:|---:|"]
+    lines = ["## Stages", "", "| stage | epochs | time | processes |", "|---|---:|---:|---:|"]
     for stage in stages:
         lines.append(f"| {stage.get('name')} | {stage.get('epochs', '')} | "
-                     f"{_duration(stage.get('seconds'))} |")
+                     f"{_duration(stage.get('seconds'))} | {stage.get('world_size', 1)} |")
     total = sum(float(s.get("seconds") or 0) for s in stages)
-    lines.append(f"| **total** | | **{_duration(total)}** |")
+    lines.append(f"| **total** | | **{_duration(total)}** | |")
+    distributed = result.get("distributed") or {}
+    if int(distributed.get("world_size") or 1) > 1:
+        digests = distributed.get("keep_mask_digests") or []
+        agreed = "; the keep masks of all ranks agreed" if digests and len(set(digests)) == 1 \
+            else ""
+        lines += ["", f"Trained data-parallel under torchrun: {distributed['world_size']} "
+                  f"processes ({distributed.get('backend')}){agreed}."]
     return [*lines, ""]
 
 

@@ -255,14 +255,15 @@ class DnalSearch:
         if self.cluster.is_main:
             work()
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        """The module a training loop calls: averaged across ranks, compiled on request."""
+    def _wrap(self, model: nn.Module, compile_graph: bool = False) -> nn.Module:
+        """The module a training loop calls: averaged across ranks, compiled on request (the
+        plain networks only: the gated one's δ changes every step, a new graph each time)."""
         if self.cluster.active and self.config.channels_last:
             # DDP's gradient buckets take each parameter's strides: a 1x1 kernel must be in
             # the layout its gradient arrives in
             model.to(memory_format=torch.channels_last)
         wrapped = self.cluster.data_parallel(model)
-        if self.config.torch_compile:
+        if compile_graph and self.config.torch_compile:
             wrapped = torch.compile(wrapped)
         return wrapped
 
@@ -434,7 +435,7 @@ class DnalSearch:
         first_epoch, first_step = _resume_position(checkpoint, steps)
         self.observer.stage_started(stage, epochs, steps, first_epoch, first_step)
         model.train()
-        trained = self._wrap(model)
+        trained = self._wrap(model, compile_graph=True)
         for epoch in range(first_epoch, epochs):
             stats = train_epoch(
                 trained, self.data, optimizer, config.batch_size,

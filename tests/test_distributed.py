@@ -189,7 +189,10 @@ def _slow_main(cluster: Cluster) -> None:
         time.sleep(6)  # twice the training group's 3 s collective timeout
         return "lut"
 
+    cpu_before = time.process_time()
     assert cluster.run_on_main(profile) == "lut"
+    if not cluster.is_main:  # waiting costs no CPU: rank 0's latency measurements stay clean
+        assert time.process_time() - cpu_before < 0.5
     total = cluster.sum(torch.ones(1))  # the training group still works afterwards
     assert float(total) == 2
 
@@ -225,3 +228,29 @@ def test_a_rank_given_a_numbered_gpu_is_told_to_pass_cuda(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="pass --device cuda"):
         Cluster.from_environment("cuda:1")
+
+
+def test_sync_batchnorm_is_refused_without_torchrun_on_gpus(tmp_path: Path):
+    config = SearchConfig(model="resnet20", data="synthetic", input_size=16, compile=False,
+                          sync_batchnorm=True)
+    with pytest.raises(UserError, match="--sync-batchnorm needs torchrun with --device cuda"):
+        DnalSearch(config, tmp_path / "run").run()
+    assert not (tmp_path / "run").exists(), "refused before the run directory"
+
+
+def test_sync_batchnorm_layers_turn_back_into_the_networks_own_batchnorms():
+    from hwdnal.distributed import revert_sync_batchnorm, to_sync_batchnorm
+    from hwdnal.models import create_model
+
+    model = create_model("resnet20", 10, 1)
+    model.bn1.running_mean.add_(0.5)
+    example = torch.randn(2, 1, 16, 16)
+    model.eval()
+    expected = model(example)
+    synced = to_sync_batchnorm(model)
+    assert isinstance(synced.bn1, torch.nn.SyncBatchNorm)
+    plain = revert_sync_batchnorm(synced)
+    assert type(plain.bn1) is torch.nn.BatchNorm2d
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+    assert torch.equal(plain.bn1.running_mean, model.bn1.running_mean)
+    assert torch.allclose(plain.eval()(example), expected)

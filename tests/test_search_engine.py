@@ -137,3 +137,19 @@ def test_a_run_resumed_between_architecture_and_prune_prunes_exactly_as_an_unint
     assert expected.keys() == found.keys()
     for key in expected:
         assert torch.equal(expected[key], found[key]), key
+
+
+def test_mixed_precision_options_are_checked_before_the_run_directory(tmp_path: Path):
+    with pytest.raises(UserError, match="--amp fp8 is not known"):
+        DnalSearch(SearchConfig(**TINY, amp="fp8"), tmp_path / "run").run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_torch_compile_trains_the_plain_networks_and_prunes_the_same_way(tmp_path: Path):
+    """Slow to start (inductor compiles the weight and finetune graphs), same engine."""
+    result = DnalSearch(SearchConfig(**TINY, torch_compile=True), tmp_path / "run").run()
+    assert [s["name"] for s in result["stages"]] == ["weights", "architecture", "prune",
+                                                     "finetune"]
+    pruned = torch.load(tmp_path / "run" / "pruned.pt", weights_only=False)
+    assert type(pruned).__name__ == "CifarResNet", "the delivered network is not the wrapper"
+    assert result["pruned"]["params"] == sum(p.numel() for p in pruned.parameters())
