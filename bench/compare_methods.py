@@ -11,6 +11,16 @@ each budget (a fraction of the dense latency on the target):
     l1        torch-pruning's L1-magnitude pruner, one ratio for every group (chosen by
               measuring), from the dense weights, finetuned like hwdnal
 
+and the ablations that separate the search from the recipe:
+
+    hwdnal-kd       hwdnal's pruned network finetuned with distillation from the dense one
+                    (what ``hwdnal search --distill`` does)
+    hwdnal-scratch  hwdnal's found architecture, freshly initialised and trained from
+                    scratch with exactly the uniform baseline's recipe: does the search find
+                    a better architecture at all?
+    uniform-kd      uniform width from scratch, with the same distillation
+    l1-kd           the L1-pruned network finetuned with the same distillation
+
 All final networks of a seed are measured in ONE interleaved call with the dense network,
 so every latency is a ratio measured side by side. Writes docs/benchmarks.md and
 docs/img/pareto.png; run it on an otherwise idle machine.
@@ -43,12 +53,14 @@ from hwdnal.budgeting import _measure_together
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import load_data
 from hwdnal.devices import open_measurer
+from hwdnal.distillation import Distillation
 from hwdnal.errors import UserError
 from hwdnal.models import create_model
 from hwdnal.search import DnalSearch, SearchConfig
 from hwdnal.targets import Target, all_targets, load_target
 
-METHODS = ("hwdnal", "dnal", "uniform", "l1")
+METHODS = ("hwdnal", "hwdnal-kd", "hwdnal-scratch", "dnal", "uniform", "uniform-kd", "l1",
+           "l1-kd")
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,9 @@ class Settings:
     validate: int  # LUT: held-out sub-networks for the fidelity table
     grid_points: int | None  # LUT grid points per axis (None: the target's)
     overhead_rounds: int
+    #: distillation of the -kd rows: the share α and the temperature (hwdnal's options)
+    distill: float = 0.5
+    distill_temperature: float = 4.0
     knobs: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(16))
 
 
@@ -77,10 +92,11 @@ MODES: dict[str, Settings] = {
                       train_subset=6000, test_subset=2000, epochs_weights=3, epochs_arch=1,
                       epochs_finetune=2, lambda_tries=3, lambda_tolerance=0.04, calibrate=12,
                       validate=12, grid_points=None, overhead_rounds=8),
-    "full": Settings(models=("resnet20", "resnet56"), seeds=(0, 1, 2), fractions=(0.7, 0.5, 0.3),
-                     train_subset=None, test_subset=None, epochs_weights=15, epochs_arch=3,
-                     epochs_finetune=8, lambda_tries=4, lambda_tolerance=0.03, calibrate=12,
-                     validate=24, grid_points=None, overhead_rounds=15),
+    "full": Settings(models=("resnet20", "mobilenet_v2_cifar"), seeds=(0, 1, 2),
+                     fractions=(0.7, 0.5, 0.3), train_subset=None, test_subset=None,
+                     epochs_weights=30, epochs_arch=3, epochs_finetune=15, lambda_tries=4,
+                     lambda_tolerance=0.03, calibrate=12, validate=24, grid_points=None,
+                     overhead_rounds=15),
     # the test's case: everything once, tiny; numbers meaningless
     "smoke": Settings(models=("resnet20",), seeds=(0,), fractions=(0.5,), train_subset=256,
                       test_subset=256, epochs_weights=1, epochs_arch=1, epochs_finetune=1,
@@ -253,6 +269,9 @@ class Bench:
                 entry.failed, net = str(error).splitlines()[0], None
             networks.append((entry, net))
             print(f"{model_name} seed {seed} {fraction:.0%} hwdnal done", flush=True)
+            if net is not None:
+                networks += self.hwdnal_ablations(model_name, seed, fraction, dense,
+                                                  base / f"hwdnal-{fraction:g}", entry)
 
             # (b) DNAL, λa alone, tuned by measuring
             entry, net = self.dnal_for_budget(model_name, seed, fraction, dense, dense_path,
@@ -275,6 +294,14 @@ class Bench:
                           stages=[{"name": "train from scratch", "epochs": total_epochs,
                                    "seconds": round(seconds, 2)}])
             networks.append((entry, net))
+            torch.manual_seed(seed)  # the same network again, taught by the dense one
+            net = uniform_width(create_model(model_name, 10, 1), example, chosen.knob,
+                                self.step())
+            seconds = train_plain(net, data, total_epochs, c.lr, c.batch_size, c.weight_decay,
+                                  seed, self.teacher(dense))
+            networks.append((replace(entry, method="uniform-kd", stages=[
+                {"name": "train from scratch, distilled", "epochs": total_epochs,
+                 "seconds": round(seconds, 2)}]), net))
 
             # (d) torch-pruning L1 magnitude from the dense weights, finetuned
             chosen = pick_for_budget(self._family(model_name, "l1"), fraction)
@@ -290,6 +317,12 @@ class Bench:
                                   {"name": "finetune", "epochs": s.epochs_finetune,
                                    "seconds": round(seconds, 2)}])
             networks.append((entry, net))
+            net = l1_pruned(dense, example, chosen.knob, self.step())
+            seconds = train_plain(net, data, s.epochs_finetune, c.finetune_lr, c.batch_size,
+                                  c.weight_decay, seed, self.teacher(dense))
+            networks.append((replace(entry, method="l1-kd", stages=[
+                entry.stages[0], {"name": "finetune, distilled", "epochs": s.epochs_finetune,
+                                  "seconds": round(seconds, 2)}]), net))
             print(f"{model_name} seed {seed} {fraction:.0%} all methods trained", flush=True)
 
         # every network of this seed measured side by side with the dense one
@@ -308,6 +341,39 @@ class Bench:
             entry.params, entry.macs = params_and_macs(net.cpu().eval(), example)
         self.dense[-1]["latency_ms"] = measured[0].median_ms
         self.entries += [e for e, _ in networks]
+
+    def teacher(self, dense: torch.nn.Module) -> Distillation:
+        return Distillation(copy.deepcopy(dense), self.s.distill, self.s.distill_temperature)
+
+    def hwdnal_ablations(self, model_name: str, seed: int, fraction: float,
+                         dense: torch.nn.Module, run: Path, found: Entry,
+                         ) -> list[tuple[Entry, torch.nn.Module]]:
+        """hwdnal's architecture with other recipes: finetuned with distillation (hwdnal's
+        --distill), and re-initialised and trained from scratch with exactly the uniform
+        baseline's recipe (the row that says whether the search found a better
+        architecture at all)."""
+        from methods import sliced_like, train_plain
+
+        s, c = self.s, SearchConfig()
+        data = self.data(seed)
+        pruned_init = torch.load(run / "checkpoints" / "pruned_init.pt", weights_only=False)
+        net = pruned_init["model"]
+        seconds = train_plain(net, data, s.epochs_finetune, c.finetune_lr, c.batch_size,
+                              c.weight_decay, seed, self.teacher(dense))
+        taught = replace(found, method="hwdnal-kd", stages=[
+            *[st for st in found.stages if st["name"] != "finetune"],
+            {"name": "finetune, distilled", "epochs": s.epochs_finetune,
+             "seconds": round(seconds, 2)}])
+        total_epochs = s.epochs_weights + s.epochs_arch + s.epochs_finetune
+        torch.manual_seed(seed)
+        scratch = sliced_like(create_model(model_name, 10, 1), torch.randn(self.input_shape()),
+                              pruned_init["keep"])
+        seconds = train_plain(scratch, data, total_epochs, c.lr, c.batch_size, c.weight_decay,
+                              seed)
+        retrained = replace(found, method="hwdnal-scratch", stages=[
+            {"name": "train from scratch", "epochs": total_epochs,
+             "seconds": round(seconds, 2)}])
+        return [(taught, net), (retrained, scratch)]
 
     def _family(self, model_name: str, name: str):
         from methods import Candidate
@@ -400,9 +466,10 @@ def estimate_seconds(settings: Settings) -> float:
         epochs = (settings.epochs_weights
                   + n * (1.5 * settings.epochs_arch + 0.6 * settings.epochs_finetune)  # hwdnal
                   + n * (1.5 * settings.epochs_arch * 2 + 0.6 * settings.epochs_finetune)  # dnal
-                  + n * 0.6 * (settings.epochs_weights + settings.epochs_arch
-                               + settings.epochs_finetune)  # uniform
-                  + n * 0.6 * settings.epochs_finetune)  # l1
+                  + 3 * n * 0.6 * (settings.epochs_weights + settings.epochs_arch
+                                   + settings.epochs_finetune)  # uniform, -kd, hwdnal-scratch
+                  + n * 0.6 * 2.5 * settings.epochs_finetune  # l1, l1-kd, hwdnal-kd
+                  + n * 0.6 * settings.epochs_finetune)
         measuring = 60 + 2 * len(settings.knobs) + n * 4 * 15 + 30
         total += len(settings.seeds) * (epochs * train_images * per_image * 1.3 + measuring)
         total += 60 + settings.validate * 2  # profile

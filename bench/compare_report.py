@@ -15,11 +15,16 @@ from typing import Any
 
 LABELS = {
     "hwdnal": "hwdnal (latency term)",
+    "hwdnal-kd": "hwdnal, finetuned with distillation",
+    "hwdnal-scratch": "hwdnal's architecture, trained from scratch like uniform width",
     "dnal": "DNAL, λa only (tuned by measuring)",
     "uniform": "uniform width, from scratch",
+    "uniform-kd": "uniform width, from scratch with distillation",
     "l1": "L1 magnitude (torch-pruning), finetuned",
+    "l1-kd": "L1 magnitude (torch-pruning), finetuned with distillation",
 }
-KNOB = {"hwdnal": "", "dnal": "λa", "uniform": "width", "l1": "ratio"}
+KNOB = {"hwdnal": "", "hwdnal-kd": "", "hwdnal-scratch": "", "dnal": "λa", "uniform": "width",
+        "uniform-kd": "width", "l1": "ratio", "l1-kd": "ratio"}
 MIN_GAP = 0.002  # accuracy differences under 0.2 pp are ties whatever the spread
 LATENCY_GAP = 0.03  # landed latencies further apart than 3% of dense are called out
 
@@ -408,7 +413,8 @@ def pareto_plot(table: Table, path: Path) -> None:
 
     models = table.models or ["(none)"]
     figure, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.6), squeeze=False)
-    markers = {"hwdnal": "o", "dnal": "s", "uniform": "^", "l1": "D"}
+    markers = {"hwdnal": "o", "hwdnal-kd": "P", "hwdnal-scratch": "X", "dnal": "s",
+               "uniform": "^", "uniform-kd": "v", "l1": "D", "l1-kd": "d"}
     for axis, model in zip(axes[0], models, strict=True):
         for method in table.methods:
             points = []

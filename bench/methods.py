@@ -18,15 +18,17 @@ from torch import nn
 from hwdnal.budgeting import _measure_together
 from hwdnal.data import DataSpec, steps_per_epoch
 from hwdnal.devices import Measurer
+from hwdnal.distillation import Distillation
 from hwdnal.gated import GatedModel
 from hwdnal.latency.alignment import aligned_count
 from hwdnal.prune import prune_physically
-from hwdnal.train import train_epoch
+from hwdnal.train import TrainSettings, train_epoch
 
 
 def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_size: int,
-                weight_decay: float, seed: int) -> float:
-    """The engine's weight/finetune loop (see ``DnalSearch._train_plain``); returns seconds."""
+                weight_decay: float, seed: int, teacher: Distillation | None = None) -> float:
+    """The engine's weight/finetune loop (see ``DnalSearch._train_plain``), with the
+    search's distillation when a ``teacher`` is given; returns seconds."""
     started = time.perf_counter()
     if epochs <= 0:
         return 0.0
@@ -40,9 +42,18 @@ def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_
     model.train()
     for epoch in range(epochs):
         train_epoch(model, data, optimizer, batch_size, seed=seed * 1000 + epoch,
-                    scheduler=scheduler, channels_last=True)
+                    scheduler=scheduler,
+                    settings=TrainSettings(channels_last=True, distillation=teacher))
     model.eval()
     return time.perf_counter() - started
+
+
+def sliced_like(model: nn.Module, example: torch.Tensor, keep: torch.Tensor) -> nn.Module:
+    """``model`` (a fresh initialisation) cut to the architecture of the keep mask ``keep``:
+    hwdnal's found architecture, ready to train from scratch as uniform width is."""
+    gated = GatedModel(copy.deepcopy(model).cpu(), example.cpu())
+    gated.set_keep_mask(keep.cpu())
+    return prune_physically(gated).eval()
 
 
 def uniform_width(model: nn.Module, example: torch.Tensor, fraction: float,

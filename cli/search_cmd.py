@@ -73,6 +73,13 @@ def search(
         False, help="Compile the training graphs with torch.compile (minutes to start, "
         "faster steps on a GPU)."
     ),
+    distill: float = typer.Option(
+        0.0, help="Finetune from the dense network's softened logits too, with this share "
+        "α in [0, 1] (knowledge distillation; 0: from the labels alone)."
+    ),
+    distill_temperature: float = typer.Option(
+        4.0, help="Temperature T of the distillation's softened logits."
+    ),
     sync_batchnorm: bool = typer.Option(
         False, help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
         "(for small per-GPU batches)."
@@ -97,7 +104,8 @@ def search(
         trust_weights_pickle=trust_weights_pickle, device=device, target=target, budget=budget,
         lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
         compile=compile, remote=remote, lut_tolerance=lut_tolerance, amp=amp,
-        torch_compile=torch_compile, sync_batchnorm=sync_batchnorm,
+        torch_compile=torch_compile, sync_batchnorm=sync_batchnorm, distill=distill,
+        distill_temperature=distill_temperature,
     )
     check_options(config)
     _check_device(device)
@@ -133,6 +141,8 @@ _LIMITS = {
     "lambda_a": ("--lambda-a", 0, True),
     "channel_step": ("--channel-step", 1, True),
     "latency_rate": ("--latency-rate", 0, True),
+    "distill": ("--distill", 0, True),
+    "distill_temperature": ("--distill-temperature", 0, False),
 }
 
 
@@ -142,6 +152,10 @@ def check_options(config: Any) -> None:
         value = getattr(config, name, None)
         if value is not None:
             check_number(flag, value, minimum, inclusive)
+    if getattr(config, "distill", 0) > 1:
+        from hwdnal.errors import UserError
+
+        raise UserError(f"--distill is a share between 0 and 1, got {config.distill}")
 
 
 def check_number(flag: str, value: float, minimum: float, inclusive: bool = True) -> None:

@@ -39,6 +39,7 @@ from hwdnal.budgeting import (
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import DataSpec, load_data, steps_per_epoch
 from hwdnal.devices import Measurer, open_measurer
+from hwdnal.distillation import Distillation
 from hwdnal.distributed import Cluster, revert_sync_batchnorm, to_sync_batchnorm
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
@@ -104,6 +105,10 @@ class SearchConfig:
     torch_compile: bool = False
     #: under torchrun on GPUs: BatchNorm statistics over the global batch, not each rank's
     sync_batchnorm: bool = False
+    #: finetuning learns from the dense network's softened logits with this share α
+    #: (0: from the labels alone)
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -281,7 +286,7 @@ class DnalSearch:
         dense_params, dense_macs = params_and_macs(dense, self._example())
         gated = self._stage_architecture(progress, dense)
         pruned = self._stage_prune(progress, gated)
-        pruned = self._stage_finetune(progress, pruned)
+        pruned = self._stage_finetune(progress, pruned, dense)
 
         pruned_params, pruned_macs = params_and_macs(pruned, self._example())
         pruned_accuracy = evaluate(pruned, self.data, cluster=self.cluster)
@@ -414,7 +419,8 @@ class DnalSearch:
         return model
 
     def _train_plain(
-        self, model: nn.Module, stage: str, epochs: int, lr: float, progress: _Progress
+        self, model: nn.Module, stage: str, epochs: int, lr: float, progress: _Progress,
+        teacher: Distillation | None = None,
     ) -> nn.Module:
         """SGD with momentum, cosine LR and weight decay; resumable per epoch. Returns the
         trained module (the same one, unless SyncBatchNorm was swapped in and out)."""
@@ -440,7 +446,8 @@ class DnalSearch:
             stats = train_epoch(
                 trained, self.data, optimizer, config.batch_size,
                 seed=config.seed * 1000 + epoch, scheduler=scheduler,
-                on_step=self._shown(stage, steps), settings=self._settings(),
+                on_step=self._shown(stage, steps),
+                settings=dataclasses.replace(self._settings(), distillation=teacher),
                 start_step=first_step if epoch == first_epoch else 0,
                 should_stop=self._stopping_together,
             )
@@ -701,14 +708,19 @@ class DnalSearch:
         result["stages"] = progress.stages
 
     # -- stage 4: finetune ---------------------------------------------------------------
-    def _stage_finetune(self, progress: _Progress, pruned: nn.Module) -> nn.Module:
+    def _stage_finetune(self, progress: _Progress, pruned: nn.Module,
+                        dense: nn.Module) -> nn.Module:
         config = self.config
         if "finetune" in progress.finished:
             return self._load_module(self.run_dir.path / "pruned.pt")
         started = time.perf_counter()
         if config.epochs_finetune > 0:
+            teacher = None
+            if config.distill > 0:  # a copy: the dense network itself is measured later
+                teacher = Distillation(copy.deepcopy(dense).to(self.device), config.distill,
+                                       config.distill_temperature)
             pruned = self._train_plain(pruned, "finetune", config.epochs_finetune,
-                                       config.finetune_lr, progress)
+                                       config.finetune_lr, progress, teacher)
         pruned.eval()
         self._on_main(lambda: _save_on_cpu(self.run_dir.path / "pruned.pt", pruned))
         self._finish_stage(progress, "finetune", config.epochs_finetune,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwdnal.data import DataSpec, batches
+from hwdnal.distillation import Distillation
 from hwdnal.distributed import Cluster
 from hwdnal.errors import UserError
 
@@ -77,6 +78,8 @@ class TrainSettings:
     amp: torch.dtype | None = None
     #: (rank, world): this process's share of every global batch under torchrun
     shard: tuple[int, int] | None = None
+    #: a teacher whose softened logits join the labels (finetuning), None for labels alone
+    distillation: Distillation | None = None
 
 
 def train_epoch(
@@ -120,7 +123,10 @@ def train_epoch(
         with torch.autocast(device.type, dtype=settings.amp or torch.bfloat16,
                             enabled=settings.amp is not None):
             logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
+            if settings.distillation is not None:
+                loss = settings.distillation.loss(logits.float(), images, labels)
+        if settings.distillation is None:
+            loss = F.cross_entropy(logits.float(), labels)
         values = {}
         for term in extra_terms:
             value = term.value()
