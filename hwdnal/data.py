@@ -425,14 +425,23 @@ class _GlobalBatches(torch.utils.data.Sampler):
     def restart(self, seed: int, skip: int) -> None:
         self.seed, self.skip = seed, skip
 
+    def _stop(self) -> int:
+        """Images used per epoch: a shuffled epoch drops its last, partial batch."""
+        size = self.batch_size
+        return self.count - (self.count % size if self.shuffle and self.count > size else 0)
+
+    def batch_sizes(self) -> list[int]:
+        """The global batches' sizes, every one of the epoch (skipped ones included)."""
+        stop = self._stop()
+        return [min(self.batch_size, stop - start) for start in range(0, stop, self.batch_size)]
+
     def _global(self) -> list[list[int]]:
         if self.shuffle:
             order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed))
         else:
             order = torch.arange(self.count)
         size = self.batch_size
-        stop = self.count - (self.count % size if self.shuffle and self.count > size else 0)
-        return [order[start : start + size].tolist() for start in range(0, stop, size)]
+        return [order[start : start + size].tolist() for start in range(0, self._stop(), size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         for number, batch in enumerate(self._global()):
@@ -441,7 +450,7 @@ class _GlobalBatches(torch.utils.data.Sampler):
             yield batch if self.shard is None else batch[self.shard[0] :: self.shard[1]]
 
     def __len__(self) -> int:
-        return max(len(self._global()) - self.skip, 0)
+        return max(len(self.batch_sizes()) - self.skip, 0)
 
 
 def _folder_batches(
@@ -475,10 +484,9 @@ def _folder_batches(
         data.loaders[key] = loader
     sampler = loader.batch_sampler
     assert isinstance(sampler, _GlobalBatches)
-    sampler.restart(seed, 0)
-    planned = [len(b) for b in sampler._global()]
     sampler.restart(seed, skip)
-    draws = [_augmentation(count, generator) if augment else (None, None) for count in planned]
+    draws = [_augmentation(count, generator) if augment else (None, None)
+             for count in sampler.batch_sizes()]
     for index, (batch, bad) in enumerate(loader, start=skip):
         for path, why in bad:
             if not data.skip_bad_images:

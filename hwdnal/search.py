@@ -146,6 +146,8 @@ class _Progress:
     groups: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
     fit_rounds: list[dict[str, float]] = field(default_factory=list)
+    #: each rank's hash of the keep mask after the architecture stage (they must agree)
+    mask_digests: list[str] = field(default_factory=list)
 
 
 class DnalSearch:
@@ -321,7 +323,7 @@ class DnalSearch:
             "arch_curve": progress.arch_curve,
             "fit_rounds": progress.fit_rounds,
             "distributed": {**self.cluster.describe(),
-                            "keep_mask_digests": getattr(self, "_mask_digests", None)},
+                            "keep_mask_digests": progress.mask_digests},
             "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
                           "config": "config.json"},
         }
@@ -592,7 +594,7 @@ class DnalSearch:
         assert latency is not None
         keep = gated.keep_mask().cpu()
         # the ranks trained the same gates: their masks must agree before anything is cut
-        self._mask_digests = self.cluster.check_same("keep mask after the architecture stage",
+        progress.mask_digests = self.cluster.check_same("keep mask after the architecture stage",
                                                      keep)
         if latency.budget_ms is not None:
             keep = self.cluster.run_on_main(lambda: self._fit(progress, gated, keep))
