@@ -61,13 +61,15 @@ lint: install
 clean:
 	rm -rf runs build *.egg-info
 
-# Side-by-side benchmarks (docs/benchmarks.md, docs/img/pareto.png); run on an idle machine.
+# Side-by-side benchmarks (docs/benchmarks.md, docs/img/pareto-*.png); run on an idle machine.
 .PHONY: bench-quick
 # bench-quick: ResNet-20, 2 seeds, a training subset: under 30 minutes on 2 cores.
 bench-quick: data
 	$(PY) bench/compare_methods.py --mode quick
 
-# bench: ResNet-20 and ResNet-56, 3 seeds, all of Fashion-MNIST: hours; it prints its
-# estimate for this machine before it starts.
+# bench: ResNet-20 and MobileNetV2 (CIFAR layout), 3 seeds, all of Fashion-MNIST, 30 dense
+# epochs: days of 2-core CPU, hours of GPU. It runs in sittings (HOURS=2 make bench): each
+# finished unit lands in bench/results/full/ (commit it); rerunning goes on from there.
+HOURS ?= 1e9
 bench: data
-	$(PY) bench/compare_methods.py --mode full
+	$(PY) bench/compare_methods.py --mode full --hours $(HOURS)

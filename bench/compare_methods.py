@@ -21,12 +21,20 @@ and the ablations that separate the search from the recipe:
     uniform-kd      uniform width from scratch, with the same distillation
     l1-kd           the L1-pruned network finetuned with the same distillation
 
-All final networks of a seed are measured in ONE interleaved call with the dense network,
-so every latency is a ratio measured side by side. Writes docs/benchmarks.md and
-docs/img/pareto.png; run it on an otherwise idle machine.
+The work is cut into units (model × method × budget × seed). Each unit's trained network
+is measured interleaved with its dense network the moment it is trained, and its record is
+written to the ledger (``bench/results/<mode>/``, kept in the repository): rerunning the
+same command resumes after the last finished unit, in another sitting, on another machine.
+Once every unit of a seed is in, all its networks are measured again in ONE interleaved call
+with the dense network (their architectures rebuilt from the ledger: latency does not depend
+on the weights' values), and the report uses those figures. Training runs on an NVIDIA GPU
+when there is one (``--train-device``); latency is always measured on the target. Writes
+docs/benchmarks.md and docs/img/pareto.png from whatever the ledger holds; run it on an
+otherwise idle machine.
 
-    python bench/compare_methods.py --mode quick        # < 30 min on 2 cores
-    python bench/compare_methods.py --mode full         # hours; prints its estimate first
+    python bench/compare_methods.py --mode quick          # < 30 min on 2 cores
+    python bench/compare_methods.py --mode full --hours 2 # a sitting; rerun to go on
+    python bench/compare_methods.py --mode full --status  # what is done, what is left
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +57,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from ledger import Ledger, machine_line, mask_from_text, mask_to_text
 
 from hwdnal.budgeting import _measure_together
 from hwdnal.complexity import params_and_macs
@@ -55,6 +65,7 @@ from hwdnal.data import load_data
 from hwdnal.devices import open_measurer
 from hwdnal.distillation import Distillation
 from hwdnal.errors import UserError
+from hwdnal.interrupt import Interrupted
 from hwdnal.models import create_model
 from hwdnal.search import DnalSearch, SearchConfig
 from hwdnal.targets import Target, all_targets, load_target
@@ -123,22 +134,32 @@ class Entry:
     measurements: int = 0  # whole-network measurements spent choosing the architecture
     tries: int = 0
     failed: str | None = None
+    #: the architecture, to rebuild it for the seed's final measurement: a keep mask
+    #: (mask_to_text) for hwdnal's and DNAL's rows and uniform width; L1 is rebuilt from knob
+    keep: str | None = None
+    train_device: str = "cpu"
+    #: where latency_ms comes from: "unit" (measured with the dense one right after
+    #: training) or "seed" (the seed's final interleaved measurement of all its networks)
+    latency_source: str = "unit"
+    load_at_measurement: float | None = None
 
 
 class Bench:
-    def __init__(self, settings: Settings, target: Target, target_arg: str, runs: Path) -> None:
+    def __init__(self, settings: Settings, target: Target, target_arg: str, runs: Path,
+                 ledger: Ledger, train_device: str = "cpu", methods: tuple[str, ...] = METHODS,
+                 deadline: float = math.inf) -> None:
         self.s = settings
         self.target = target
         self.device = open_measurer(target)  # every measurement of the bench goes here
         self.target_arg = target_arg
         self.runs = runs
-        self.entries: list[Entry] = []
-        self.dense: list[dict[str, Any]] = []
-        self.profiles: list[dict[str, Any]] = []
-        self.overhead: list[dict[str, Any]] = []
-        self.families: dict[str, dict[str, list[dict[str, float]]]] = {}
+        self.ledger = ledger
+        self.train_device = train_device
+        self.methods = methods
+        self.deadline = deadline  # time.monotonic() after which no unit is started
+        self.units_done = 0
         self.lambdas: dict[tuple[str, float], float] = {}
-        self.tries: dict[tuple[str, int], dict[float, tuple[float, Path, Any]]] = {}
+        self._data: dict[int, Any] = {}
 
     # -- shared pieces ------------------------------------------------------------------
     def config(self, model: str, seed: int, **changes: Any) -> SearchConfig:
@@ -147,13 +168,16 @@ class Bench:
             model=model, data="fashion-mnist", train_subset=s.train_subset,
             test_subset=s.test_subset, epochs_weights=s.epochs_weights,
             epochs_arch=s.epochs_arch, epochs_finetune=s.epochs_finetune, seed=seed,
-            target=self.target_arg, compile=False,
-            trust_weights_pickle=True)  # --weights are the bench's own dense.pt files
+            target=self.target_arg, compile=False, device=self.train_device)
         return SearchConfig(**{**settings, **changes})
 
     def data(self, seed: int):
-        return load_data("fashion-mnist", None, None, self.s.train_subset, self.s.test_subset,
-                         seed)
+        if seed not in self._data:
+            data = load_data("fashion-mnist", None, None, self.s.train_subset,
+                             self.s.test_subset, seed)
+            self._data = {seed: data.to_device(self.train_device)
+                          if self.train_device != "cpu" else data}
+        return self._data[seed]
 
     def input_shape(self) -> tuple[int, ...]:
         return (self.target.batch, 1, 28, 28)
@@ -161,12 +185,31 @@ class Bench:
     def step(self) -> int:
         return self.target.profile.preferred_channel_step
 
+    def fresh(self, model_name: str, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return create_model(model_name, 10, 1)
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
     # -- per model, once ----------------------------------------------------------------
-    def profile(self, model_name: str) -> str:
+    def prepare_model(self, model_name: str) -> str:
+        """The LUT, the gate overhead and the family latencies: measured once per model
+        and kept in the ledger."""
+        lut = self.ledger.root / model_name / f"lut-{self.target.name}-28x28.json"
+        if self.ledger.read(f"{model_name}/profile.json") is None:
+            self.ledger.write(f"{model_name}/profile.json", self.profile(model_name, lut))
+            print(f"{model_name}: LUT profiled", flush=True)
+        if self.ledger.read(f"{model_name}/overhead.json") is None:
+            self.ledger.write(f"{model_name}/overhead.json", self.gate_overhead(model_name))
+        if self.ledger.read(f"{model_name}/families.json") is None:
+            self.ledger.write(f"{model_name}/families.json", self.measure_families(model_name))
+        return str(lut)
+
+    def profile(self, model_name: str, out: Path) -> dict[str, Any]:
         """Profile a fresh LUT (timed, from an empty cache) with held-out validation."""
         from hwdnal.latency.pipeline import profile_model
 
-        out = self.runs / "luts" / f"{model_name}-{self.target.name}-28x28.json"
         started = time.perf_counter()
         result = profile_model(
             self.device, create_model(model_name, 10, 1), model_name, 28, 1, out=out,
@@ -174,22 +217,20 @@ class Bench:
             grid_points=self.s.grid_points, cache_dir=self.runs / "luts" / "cache",
         )
         validation = result.lut.validation or {}
-        self.profiles.append({
+        return {
             "model": model_name, "target": self.target.name,
             "seconds": time.perf_counter() - started, "grid_points": result.grid_points,
             "networks": result.networks_measured_now,
             "calibrate": self.s.calibrate, "validate": self.s.validate,
             **{k: validation.get(k) for k in ("samples", "median_rel_error", "p95_rel_error",
                                                "max_rel_error")},
-        })
-        return str(out)
+        }
 
-    def measure_families(self, model_name: str) -> None:
+    def measure_families(self, model_name: str) -> dict[str, list[dict[str, float]]]:
         """Latency of every uniform width and every L1 ratio (weights do not matter)."""
         from methods import l1_pruned, measure_family, uniform_width
 
-        torch.manual_seed(0)
-        dense = create_model(model_name, 10, 1).eval()
+        dense = self.fresh(model_name, 0).eval()
         example = torch.randn(self.input_shape())
         uniform = measure_family(self.device, dense, self.input_shape(),
                                  lambda f: uniform_width(dense, example, f, self.step()),
@@ -197,10 +238,9 @@ class Bench:
         l1 = measure_family(self.device, dense, self.input_shape(),
                             lambda r: l1_pruned(dense, example, r, self.step()),
                             [round(1 - k, 2) for k in self.s.knobs])
-        self.families[model_name] = {"uniform": [asdict(c) for c in uniform],
-                                     "l1": [asdict(c) for c in l1]}
+        return {"uniform": [asdict(c) for c in uniform], "l1": [asdict(c) for c in l1]}
 
-    def gate_overhead(self, model_name: str) -> None:
+    def gate_overhead(self, model_name: str) -> list[dict[str, Any]]:
         """Per-step time of plain, gates-off and architecture-stage training, interleaved."""
         from gate_overhead import _step_time
 
@@ -227,202 +267,304 @@ class Bench:
             for name, (net, params) in cases.items():
                 samples[name] += _step_time(net, params, x, y, 2)
         base = statistics.median(samples["plain"])
-        for name, values in samples.items():
-            self.overhead.append({"model": model_name, "case": name,
-                                  "step_ms": 1000 * statistics.median(values),
-                                  "relative": statistics.median(values) / base,
-                                  "steps": len(values)})
+        return [{"model": model_name, "case": name, "step_ms": 1000 * statistics.median(values),
+                 "relative": statistics.median(values) / base, "steps": len(values)}
+                for name, values in samples.items()]
 
     # -- per model and seed --------------------------------------------------------------
-    def run_seed(self, model_name: str, seed: int, lut: str) -> None:
-        from methods import l1_pruned, pick_for_budget, train_plain, uniform_width
+    def dense_unit(self, model_name: str, seed: int) -> torch.nn.Module | None:
+        """The dense network of a seed (hwdnal's weight stage), trained once and kept in
+        the ledger; None when there is no time left to train it."""
+        if self.ledger.dense(model_name, seed) is None:
+            if self.out_of_time():
+                return None
+            run = self.runs / model_name / f"seed{seed}" / "dense"
+            result = DnalSearch(self.config(model_name, seed, epochs_arch=0,
+                                            epochs_finetune=0), run).run()
+            weights = next(st for st in result["stages"] if st["name"] == "weights")
+            network = torch.load(run / "dense.pt", weights_only=False)
+            self.ledger.save_dense(model_name, seed, {
+                "model": model_name, "seed": seed, "accuracy": result["dense"]["accuracy"],
+                "params": result["dense"]["params"], "macs": result["dense"]["macs"],
+                "stage": {**weights, "device": self.train_device}}, network)
+            self.units_done += 1
+            print(f"{model_name} seed {seed}: dense network trained "
+                  f"({result['dense']['accuracy']:.2%})", flush=True)
+        dense = self.fresh(model_name, seed)
+        dense.load_state_dict(torch.load(self.ledger.dense_weights(model_name, seed),
+                                         weights_only=True))
+        return dense.eval()
 
-        s = self.s
-        base = self.runs / model_name / f"seed{seed}"
-        dense_result = DnalSearch(self.config(model_name, seed, epochs_arch=0,
-                                              epochs_finetune=0), base / "dense").run()
-        dense_path = base / "dense" / "dense.pt"
-        dense = torch.load(dense_path, weights_only=False).eval()
-        data = self.data(seed)
+    def run_seed(self, model_name: str, seed: int, lut: str) -> bool:
+        """Every missing unit of a seed, in order; False when the sitting's time ran out."""
+        dense = self.dense_unit(model_name, seed)
+        if dense is None:
+            return False
+        units: dict[str, Callable[..., tuple[Entry, torch.nn.Module | None]]] = {
+            "hwdnal": self.hwdnal, "hwdnal-kd": self.hwdnal_kd,
+            "hwdnal-scratch": self.hwdnal_scratch, "dnal": self.dnal, "uniform": self.uniform,
+            "uniform-kd": self.uniform, "l1": self.l1, "l1-kd": self.l1}
+        for fraction in self.s.fractions:
+            for method in self.methods:
+                if self.ledger.unit(model_name, seed, method, fraction) is not None:
+                    continue
+                if self.out_of_time():
+                    return False
+                entry, net = units[method](model_name, seed, fraction, dense, lut, method)
+                entry.train_device = self.train_device
+                if net is not None:
+                    self.finish(entry, net, dense, seed)
+                self.ledger.save_unit(entry)
+                self.units_done += 1
+                shown = (f"{entry.accuracy:.2%} at {entry.latency_ms / entry.dense_ms:.1%} of "
+                         "dense" if net is not None else f"failed: {entry.failed}")
+                print(f"{model_name} seed {seed} {fraction:.0%} {method}: {shown}", flush=True)
+        self.measure_seed(model_name, seed, dense)
+        return True
+
+    def finish(self, entry: Entry, net: torch.nn.Module, dense: torch.nn.Module,
+               seed: int) -> None:
+        """Accuracy, size and the latency measured interleaved with the dense network."""
+        entry.accuracy = evaluate_on(net, self.data(seed))
+        net = net.cpu().eval()
         example = torch.randn(self.input_shape())
-        networks: list[tuple[Entry, torch.nn.Module | None]] = []
-        weights_stage = next(st for st in dense_result["stages"] if st["name"] == "weights")
-        self.dense.append({"model": model_name, "seed": seed,
-                           "accuracy": dense_result["dense"]["accuracy"],
-                           "params": dense_result["dense"]["params"],
-                           "macs": dense_result["dense"]["macs"], "stage": weights_stage})
-        total_epochs = s.epochs_weights + s.epochs_arch + s.epochs_finetune
-        c = SearchConfig()  # the engine's learning rates, batch size and weight decay
+        entry.params, entry.macs = params_and_macs(net, example)
+        entry.load_at_measurement = os.getloadavg()[0]
+        d, p = _measure_together(self.device, [dense, net], self.input_shape())
+        entry.latency_ms, entry.dense_ms = p.median_ms, d.median_ms
 
-        for fraction in s.fractions:
-            # (a) hwdnal with the latency term
-            entry = Entry(model_name, seed, "hwdnal", fraction)
-            try:
-                result = DnalSearch(self.config(model_name, seed, weights=str(dense_path),
-                                                epochs_weights=0, budget=f"{fraction * 100:g}%",
-                                                lut=lut), base / f"hwdnal-{fraction:g}").run()
-                entry.stages = [st for st in result["stages"] if st["name"] != "weights"]
-                entry.measurements = len(result["fit_rounds"])
-                entry.tries = 1
-                net = torch.load(base / f"hwdnal-{fraction:g}" / "pruned.pt", weights_only=False)
-            except UserError as error:
-                entry.failed, net = str(error).splitlines()[0], None
-            networks.append((entry, net))
-            print(f"{model_name} seed {seed} {fraction:.0%} hwdnal done", flush=True)
-            if net is not None:
-                networks += self.hwdnal_ablations(model_name, seed, fraction, dense,
-                                                  base / f"hwdnal-{fraction:g}", entry)
-
-            # (b) DNAL, λa alone, tuned by measuring
-            entry, net = self.dnal_for_budget(model_name, seed, fraction, dense, dense_path,
-                                              base)
-            seconds = train_plain(net, data, s.epochs_finetune, c.finetune_lr, c.batch_size,
-                                  c.weight_decay, seed)
-            entry.stages.append({"name": "finetune", "epochs": s.epochs_finetune,
-                                 "seconds": round(seconds, 2)})
-            networks.append((entry, net))
-
-            # (c) uniform width, from scratch, hwdnal's total epochs
-            chosen = pick_for_budget(self._family(model_name, "uniform"), fraction)
-            torch.manual_seed(seed)
-            net = uniform_width(create_model(model_name, 10, 1), example, chosen.knob,
-                                self.step())
-            seconds = train_plain(net, data, total_epochs, c.lr, c.batch_size, c.weight_decay,
-                                  seed)
-            entry = Entry(model_name, seed, "uniform", fraction, knob=chosen.knob,
-                          measurements=len(s.knobs),
-                          stages=[{"name": "train from scratch", "epochs": total_epochs,
-                                   "seconds": round(seconds, 2)}])
-            networks.append((entry, net))
-            torch.manual_seed(seed)  # the same network again, taught by the dense one
-            net = uniform_width(create_model(model_name, 10, 1), example, chosen.knob,
-                                self.step())
-            seconds = train_plain(net, data, total_epochs, c.lr, c.batch_size, c.weight_decay,
-                                  seed, self.teacher(dense))
-            networks.append((replace(entry, method="uniform-kd", stages=[
-                {"name": "train from scratch, distilled", "epochs": total_epochs,
-                 "seconds": round(seconds, 2)}]), net))
-
-            # (d) torch-pruning L1 magnitude from the dense weights, finetuned
-            chosen = pick_for_budget(self._family(model_name, "l1"), fraction)
-            started = time.perf_counter()
-            net = l1_pruned(dense, example, chosen.knob, self.step())
-            prune_seconds = time.perf_counter() - started
-            seconds = train_plain(net, data, s.epochs_finetune, c.finetune_lr, c.batch_size,
-                                  c.weight_decay, seed)
-            entry = Entry(model_name, seed, "l1", fraction, knob=chosen.knob,
-                          measurements=len(s.knobs),
-                          stages=[{"name": "prune (L1)", "epochs": 0,
-                                   "seconds": round(prune_seconds, 2)},
-                                  {"name": "finetune", "epochs": s.epochs_finetune,
-                                   "seconds": round(seconds, 2)}])
-            networks.append((entry, net))
-            net = l1_pruned(dense, example, chosen.knob, self.step())
-            seconds = train_plain(net, data, s.epochs_finetune, c.finetune_lr, c.batch_size,
-                                  c.weight_decay, seed, self.teacher(dense))
-            networks.append((replace(entry, method="l1-kd", stages=[
-                entry.stages[0], {"name": "finetune, distilled", "epochs": s.epochs_finetune,
-                                  "seconds": round(seconds, 2)}]), net))
-            print(f"{model_name} seed {seed} {fraction:.0%} all methods trained", flush=True)
-
-        # every network of this seed measured side by side with the dense one
-        alive = [(e, n) for e, n in networks if n is not None]
-        final = base / "final"
-        final.mkdir(exist_ok=True)
-        for entry, net in alive:  # kept, so that they can be measured again
-            torch.save(net, final / f"{entry.method}-{entry.fraction:g}.pt")
+    def measure_seed(self, model_name: str, seed: int, dense: torch.nn.Module) -> None:
+        """All networks of a finished seed in one interleaved call with the dense one."""
+        relative = f"{model_name}/seed{seed}/measured.json"
+        records = [self.ledger.unit(model_name, seed, m, f) for f in self.s.fractions
+                   for m in METHODS]
+        if self.ledger.read(relative) is not None or any(r is None for r in records):
+            return
+        alive = [r for r in records if r is not None and not r["failed"]]
+        networks = [self.rebuild(r) for r in alive]
         load = os.getloadavg()[0]
-        measured = _measure_together(self.device, [dense, *[n for _, n in alive]],
-                                     self.input_shape())
-        self.dense[-1]["load_at_measurement"] = [load, os.getloadavg()[0]]
-        for (entry, net), m in zip(alive, measured[1:], strict=True):
-            entry.latency_ms, entry.dense_ms = m.median_ms, measured[0].median_ms
-            entry.accuracy = evaluate_on(net, data)
-            entry.params, entry.macs = params_and_macs(net.cpu().eval(), example)
-        self.dense[-1]["latency_ms"] = measured[0].median_ms
-        self.entries += [e for e, _ in networks]
+        measured = _measure_together(self.device, [dense, *networks], self.input_shape())
+        self.ledger.write(relative, {
+            "dense_ms": measured[0].median_ms, "load": [load, os.getloadavg()[0]],
+            "latency_ms": {f"{r['method']}-{r['fraction']:g}": m.median_ms
+                           for r, m in zip(alive, measured[1:], strict=True)}})
+        print(f"{model_name} seed {seed}: all {len(alive)} networks measured together",
+              flush=True)
+
+    def rebuild(self, record: dict[str, Any]) -> torch.nn.Module:
+        """A unit's architecture (fresh weights: latency does not depend on their values)."""
+        from methods import l1_pruned, sliced_like
+
+        fresh = self.fresh(record["model"], 0)
+        example = torch.randn(self.input_shape())
+        if record["keep"] is not None:
+            return sliced_like(fresh, example, mask_from_text(record["keep"]))
+        return l1_pruned(fresh, example, record["knob"], self.step())
 
     def teacher(self, dense: torch.nn.Module) -> Distillation:
         return Distillation(copy.deepcopy(dense), self.s.distill, self.s.distill_temperature)
 
-    def hwdnal_ablations(self, model_name: str, seed: int, fraction: float,
-                         dense: torch.nn.Module, run: Path, found: Entry,
-                         ) -> list[tuple[Entry, torch.nn.Module]]:
-        """hwdnal's architecture with other recipes: finetuned with distillation (hwdnal's
-        --distill), and re-initialised and trained from scratch with exactly the uniform
-        baseline's recipe (the row that says whether the search found a better
-        architecture at all)."""
+    def total_epochs(self) -> int:
+        return self.s.epochs_weights + self.s.epochs_arch + self.s.epochs_finetune
+
+    # -- the units ------------------------------------------------------------------------
+    def hwdnal_run(self, model_name: str, seed: int, fraction: float, lut: str,
+                   name: str, **changes: Any) -> tuple[dict[str, Any], Path]:
+        run = self.runs / model_name / f"seed{seed}" / name
+        result = DnalSearch(self.config(
+            model_name, seed, weights=str(self.ledger.dense_weights(model_name, seed)),
+            epochs_weights=0, budget=f"{fraction * 100:g}%", lut=lut, **changes), run).run()
+        return result, run
+
+    def hwdnal(self, model_name: str, seed: int, fraction: float, dense: torch.nn.Module,
+               lut: str, method: str) -> tuple[Entry, torch.nn.Module | None]:
+        """The search with the latency term (``budget=``), from the dense weights."""
+        entry = Entry(model_name, seed, "hwdnal", fraction)
+        try:
+            result, run = self.hwdnal_run(model_name, seed, fraction, lut, f"hwdnal-{fraction:g}")
+        except UserError as error:
+            entry.failed = str(error).splitlines()[0]
+            return entry, None
+        entry.stages = [st for st in result["stages"] if st["name"] != "weights"]
+        entry.measurements = len(result["fit_rounds"])
+        entry.tries = 1
+        entry.keep = mask_to_text(self.pruned_init(run)["keep"])
+        return entry, torch.load(run / "pruned.pt", weights_only=False)
+
+    def pruned_init(self, run: Path) -> dict[str, Any]:
+        return torch.load(run / "checkpoints" / "pruned_init.pt", weights_only=False,
+                          map_location="cpu")
+
+    def hwdnal_found(self, model_name: str, seed: int, fraction: float,
+                     lut: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """hwdnal's pruned network before finetuning, and the stages that made it: from
+        this sitting's hwdnal run, or (a later sitting) from a search that stops there."""
+        base = self.runs / model_name / f"seed{seed}"
+        run = base / f"hwdnal-{fraction:g}"
+        if not (run / "checkpoints" / "pruned_init.pt").exists():
+            _, run = self.hwdnal_run(model_name, seed, fraction, lut,
+                                     f"hwdnal-{fraction:g}-found", epochs_finetune=0)
+        result = json.loads((run / "result.json").read_text()) \
+            if (run / "result.json").exists() else {"stages": []}
+        stages = [st for st in result["stages"] if st["name"] in ("architecture", "prune")]
+        return self.pruned_init(run), stages
+
+    def hwdnal_kd(self, model_name: str, seed: int, fraction: float, dense: torch.nn.Module,
+                  lut: str, method: str) -> tuple[Entry, torch.nn.Module | None]:
+        """hwdnal's pruned network finetuned with distillation (``hwdnal search --distill``)."""
+        from methods import train_plain
+
+        entry = Entry(model_name, seed, "hwdnal-kd", fraction, tries=1)
+        try:
+            found, stages = self.hwdnal_found(model_name, seed, fraction, lut)
+        except UserError as error:
+            entry.failed = str(error).splitlines()[0]
+            return entry, None
+        c = SearchConfig()
+        net = found["model"]
+        seconds = train_plain(net, self.data(seed), self.s.epochs_finetune, c.finetune_lr,
+                              c.batch_size, c.weight_decay, seed, self.teacher(dense),
+                              self.train_device)
+        entry.keep = mask_to_text(found["keep"])
+        entry.stages = [*stages, {"name": "finetune, distilled", "epochs": self.s.epochs_finetune,
+                                  "seconds": round(seconds, 2)}]
+        return entry, net
+
+    def hwdnal_scratch(self, model_name: str, seed: int, fraction: float,
+                       dense: torch.nn.Module, lut: str,
+                       method: str) -> tuple[Entry, torch.nn.Module | None]:
+        """hwdnal's found architecture, freshly initialised and trained with exactly the
+        uniform baseline's recipe: does the search find a better architecture at all?"""
         from methods import sliced_like, train_plain
 
-        s, c = self.s, SearchConfig()
-        data = self.data(seed)
-        pruned_init = torch.load(run / "checkpoints" / "pruned_init.pt", weights_only=False)
-        net = pruned_init["model"]
-        seconds = train_plain(net, data, s.epochs_finetune, c.finetune_lr, c.batch_size,
-                              c.weight_decay, seed, self.teacher(dense))
-        taught = replace(found, method="hwdnal-kd", stages=[
-            *[st for st in found.stages if st["name"] != "finetune"],
-            {"name": "finetune, distilled", "epochs": s.epochs_finetune,
-             "seconds": round(seconds, 2)}])
-        total_epochs = s.epochs_weights + s.epochs_arch + s.epochs_finetune
-        torch.manual_seed(seed)
-        scratch = sliced_like(create_model(model_name, 10, 1), torch.randn(self.input_shape()),
-                              pruned_init["keep"])
-        seconds = train_plain(scratch, data, total_epochs, c.lr, c.batch_size, c.weight_decay,
-                              seed)
-        retrained = replace(found, method="hwdnal-scratch", stages=[
-            {"name": "train from scratch", "epochs": total_epochs,
-             "seconds": round(seconds, 2)}])
-        return [(taught, net), (retrained, scratch)]
+        entry = Entry(model_name, seed, "hwdnal-scratch", fraction)
+        found = self.ledger.unit(model_name, seed, "hwdnal", fraction)
+        try:
+            keep = mask_from_text(found["keep"]) if found and found["keep"] else \
+                self.hwdnal_found(model_name, seed, fraction, lut)[0]["keep"]
+        except UserError as error:
+            entry.failed = str(error).splitlines()[0]
+            return entry, None
+        net = sliced_like(self.fresh(model_name, seed), torch.randn(self.input_shape()), keep)
+        c = SearchConfig()
+        seconds = train_plain(net, self.data(seed), self.total_epochs(), c.lr, c.batch_size,
+                              c.weight_decay, seed, device=self.train_device)
+        entry.keep = mask_to_text(keep)
+        entry.stages = [{"name": "train from scratch", "epochs": self.total_epochs(),
+                         "seconds": round(seconds, 2)}]
+        return entry, net
+
+    def uniform(self, model_name: str, seed: int, fraction: float, dense: torch.nn.Module,
+                lut: str, method: str) -> tuple[Entry, torch.nn.Module | None]:
+        """Uniform width from scratch for hwdnal's total epochs (with distillation for
+        ``uniform-kd``); the width chosen by measuring."""
+        from methods import pick_for_budget, sliced_like, train_plain, uniform_mask
+
+        chosen = pick_for_budget(self._family(model_name, "uniform"), fraction)
+        example = torch.randn(self.input_shape())
+        fresh = self.fresh(model_name, seed)
+        keep = uniform_mask(fresh, example, chosen.knob, self.step())
+        net = sliced_like(fresh, example, keep)
+        c = SearchConfig()
+        taught = method == "uniform-kd"
+        seconds = train_plain(net, self.data(seed), self.total_epochs(), c.lr, c.batch_size,
+                              c.weight_decay, seed, self.teacher(dense) if taught else None,
+                              self.train_device)
+        name = "train from scratch, distilled" if taught else "train from scratch"
+        return Entry(model_name, seed, method, fraction, knob=chosen.knob,
+                     measurements=len(self.s.knobs), keep=mask_to_text(keep),
+                     stages=[{"name": name, "epochs": self.total_epochs(),
+                              "seconds": round(seconds, 2)}]), net
+
+    def l1(self, model_name: str, seed: int, fraction: float, dense: torch.nn.Module,
+           lut: str, method: str) -> tuple[Entry, torch.nn.Module | None]:
+        """torch-pruning's L1 magnitude pruner from the dense weights, finetuned like
+        hwdnal (with distillation for ``l1-kd``); the ratio chosen by measuring."""
+        from methods import l1_pruned, pick_for_budget, train_plain
+
+        chosen = pick_for_budget(self._family(model_name, "l1"), fraction)
+        started = time.perf_counter()
+        net = l1_pruned(dense, torch.randn(self.input_shape()), chosen.knob, self.step())
+        prune_seconds = time.perf_counter() - started
+        c = SearchConfig()
+        taught = method == "l1-kd"
+        seconds = train_plain(net, self.data(seed), self.s.epochs_finetune, c.finetune_lr,
+                              c.batch_size, c.weight_decay, seed,
+                              self.teacher(dense) if taught else None, self.train_device)
+        return Entry(model_name, seed, method, fraction, knob=chosen.knob,
+                     measurements=len(self.s.knobs),
+                     stages=[{"name": "prune (L1)", "epochs": 0,
+                              "seconds": round(prune_seconds, 2)},
+                             {"name": "finetune, distilled" if taught else "finetune",
+                              "epochs": self.s.epochs_finetune,
+                              "seconds": round(seconds, 2)}]), net
 
     def _family(self, model_name: str, name: str):
         from methods import Candidate
 
-        return [Candidate(**c) for c in self.families[model_name][name]]
+        return [Candidate(**c) for c in self.ledger.read(f"{model_name}/families.json")[name]]
 
-    def dnal_for_budget(self, model_name: str, seed: int, fraction: float,
-                        dense: torch.nn.Module, dense_path: Path, base: Path):
-        """DNAL runs (λa alone) until one measures within the tolerance of the budget.
+    def dnal(self, model_name: str, seed: int, fraction: float, dense: torch.nn.Module,
+             lut: str, method: str) -> tuple[Entry, torch.nn.Module | None]:
+        """DNAL runs (λa alone) until one measures within the tolerance of the budget, then
+        the closest is finetuned like hwdnal.
 
-        Runs are shared between the budgets of a seed; the λa chosen for a budget in one
-        seed is the first guess in the next. The cost counted for a budget is every
-        architecture run made while tuning for it.
+        Runs are shared between the budgets of a seed (the ledger keeps every try's measured
+        ratio); the λa chosen for a budget in one seed is the first guess in the next. The
+        cost counted for a budget is every architecture run made while tuning for it.
         """
-        tries = self.tries.setdefault((model_name, seed), {})
+        from methods import train_plain
+
+        tries_file = f"{model_name}/seed{seed}/dnal-tries.json"
+        tries: dict[float, dict[str, Any]] = {
+            float(k): v for k, v in (self.ledger.read(tries_file) or {}).items()}
         made: list[float] = []
         while len(made) < self.s.lambda_tries:
-            if tries and min(abs(r - fraction) for r, _, _ in tries.values()) <= \
+            if tries and min(abs(t["ratio"] - fraction) for t in tries.values()) <= \
                     self.s.lambda_tolerance:
                 break
-            lam = self._next_lambda(tries, fraction, self.lambdas.get((model_name, fraction)))
+            lam = self._next_lambda({k: t["ratio"] for k, t in tries.items()}, fraction,
+                                    self.lambdas.get((model_name, fraction)))
             if lam in tries:
                 break
-            run = base / f"dnal-{lam:.4g}"
-            result = DnalSearch(self.config(model_name, seed, weights=str(dense_path),
-                                            epochs_weights=0, epochs_finetune=0,
-                                            lambda_a=lam), run).run()
+            run, result = self.dnal_run(model_name, seed, lam)
             pruned = torch.load(run / "pruned.pt", weights_only=False).eval()
             d, p = _measure_together(self.device, [dense, pruned], self.input_shape())
-            stages = [st for st in result["stages"] if st["name"] in ("architecture", "prune")]
-            tries[lam] = (p.median_ms / d.median_ms, run, stages)
+            tries[lam] = {"ratio": p.median_ms / d.median_ms, "stages": [
+                st for st in result["stages"] if st["name"] in ("architecture", "prune")]}
+            self.ledger.write(tries_file, {str(k): v for k, v in tries.items()})
             made.append(lam)
             print(f"  dnal λa={lam:.4g}: {p.median_ms / d.median_ms:.1%} of dense", flush=True)
-        lam = min(tries, key=lambda k: abs(tries[k][0] - fraction))
+        lam = min(tries, key=lambda k: abs(tries[k]["ratio"] - fraction))
         self.lambdas[(model_name, fraction)] = lam
-        entry = Entry(model_name, seed, "dnal", fraction, knob=lam, tries=len(made),
-                      measurements=len(made),
-                      stages=_sum_stages([st for k in made for st in tries[k][2]]))
-        net = torch.load(tries[lam][1] / "pruned.pt", weights_only=False)
-        return entry, net
+        run, _ = self.dnal_run(model_name, seed, lam)  # this sitting's, or run again
+        net = torch.load(run / "pruned.pt", weights_only=False)
+        c = SearchConfig()
+        seconds = train_plain(net, self.data(seed), self.s.epochs_finetune, c.finetune_lr,
+                              c.batch_size, c.weight_decay, seed, device=self.train_device)
+        return Entry(model_name, seed, "dnal", fraction, knob=lam, tries=len(made),
+                     measurements=len(made),
+                     keep=mask_to_text(self.pruned_init(run)["keep"]),
+                     stages=[*_sum_stages([st for k in made for st in tries[k]["stages"]]),
+                             {"name": "finetune", "epochs": self.s.epochs_finetune,
+                              "seconds": round(seconds, 2)}]), net
+
+    def dnal_run(self, model_name: str, seed: int, lam: float) -> tuple[Path, dict[str, Any]]:
+        """The architecture stage with λa alone (no budget): deterministic, so a run lost
+        with a sitting's scratch folder is made again identically."""
+        run = self.runs / model_name / f"seed{seed}" / f"dnal-{lam:.4g}"
+        result = DnalSearch(self.config(
+            model_name, seed, weights=str(self.ledger.dense_weights(model_name, seed)),
+            epochs_weights=0, epochs_finetune=0, lambda_a=lam), run).run()
+        return run, result
 
     @staticmethod
-    def _next_lambda(tries: dict[float, tuple[float, Path, Any]], fraction: float,
-                     hint: float | None) -> float:
+    def _next_lambda(tries: dict[float, float], fraction: float, hint: float | None) -> float:
         """Log-linear interpolation between bracketing tries; ×4 steps outside them."""
         if not tries:
             return hint if hint is not None else 2.0
-        slow = [(k, r) for k, (r, _, _) in tries.items() if r > fraction]  # need larger λa
-        fast = [(k, r) for k, (r, _, _) in tries.items() if r <= fraction]
+        slow = [(k, r) for k, r in tries.items() if r > fraction]  # need larger λa
+        fast = [(k, r) for k, r in tries.items() if r <= fraction]
         if hint is not None and hint not in tries:
             return hint
         if slow and fast:
@@ -450,7 +592,8 @@ def evaluate_on(net: torch.nn.Module, data) -> float:
 
 
 def estimate_seconds(settings: Settings) -> float:
-    """Rough wall time: images trained (in plain-step equivalents) at the measured speed."""
+    """Rough wall time on this machine's CPU: images trained (in plain-step equivalents)
+    at the measured speed, plus the measuring."""
     from gate_overhead import _step_time
 
     total = 0.0
@@ -470,113 +613,187 @@ def estimate_seconds(settings: Settings) -> float:
                                    + settings.epochs_finetune)  # uniform, -kd, hwdnal-scratch
                   + n * 0.6 * 2.5 * settings.epochs_finetune  # l1, l1-kd, hwdnal-kd
                   + n * 0.6 * settings.epochs_finetune)
-        measuring = 60 + 2 * len(settings.knobs) + n * 4 * 15 + 30
+        measuring = 60 + 2 * len(settings.knobs) + n * 8 * 15 + 30
         total += len(settings.seeds) * (epochs * train_images * per_image * 1.3 + measuring)
         total += 60 + settings.validate * 2  # profile
     return total
+
+
+def all_units(settings: Settings) -> list[tuple[str, int, str, float]]:
+    """Every unit of a mode, in the order they run (the dense networks counted apart)."""
+    return [(m, seed, method, f) for m in settings.models for seed in settings.seeds
+            for f in settings.fractions for method in METHODS]
+
+
+def collect(ledger: Ledger, settings: Settings, mode: str, target: Target) -> dict[str, Any]:
+    """Everything the report needs, from the ledger alone (``--report-only`` reads it)."""
+    entries = []
+    for record in ledger.units():
+        measured = ledger.read(f"{record['model']}/seed{record['seed']}/measured.json")
+        key = f"{record['method']}-{record['fraction']:g}"
+        if measured and key in measured["latency_ms"]:
+            record.update(latency_ms=measured["latency_ms"][key], dense_ms=measured["dense_ms"],
+                          latency_source="seed")
+        entries.append(record)
+    dense = ledger.all_dense()
+    for d in dense:
+        if "latency_ms" not in d:  # the seed is not finished: its units' dense figures
+            paired = [e["dense_ms"] for e in entries if e["model"] == d["model"]
+                      and e["seed"] == d["seed"] and e["dense_ms"]]
+            if paired:
+                d["latency_ms"] = statistics.median(paired)
+    sittings = ledger.read("sittings.json") or []
+    done = {(e["model"], e["seed"], e["method"], e["fraction"]) for e in entries}
+    wanted = all_units(settings)
+    others = []
+    for t in all_targets():
+        ok, why = t.usable()
+        if t.name != target.name:
+            others.append({"target": t.name, "usable": ok, "why": why})
+    return {
+        "command": f"python bench/compare_methods.py --mode {mode}",
+        "mode": mode,
+        "date": sittings[-1]["finished"] if sittings else datetime.now().isoformat("T", "seconds"),
+        "revision": sittings[-1]["revision"] if sittings else "",
+        "machine": "; ".join(dict.fromkeys(s["machine"] for s in sittings)),
+        "train_devices": sorted({s["train_device"] for s in sittings}),
+        "sittings": sittings,
+        "target": {"name": target.name, "threads": target.threads, "batch": target.batch,
+                   "description": target.description},
+        "settings": asdict(settings),
+        "load_before": sittings[0]["load_before"] if sittings else [math.nan],
+        "load_after": sittings[-1]["load_after"] if sittings else [math.nan],
+        "estimate_s": sittings[0]["estimate_s"] if sittings else math.nan,
+        "seconds": sum(s["seconds"] for s in sittings),
+        "progress": {"units": len(wanted), "done": len(done & set(wanted)),
+                     "dense": len(dense), "dense_total": len(settings.models) * len(
+                         settings.seeds)},
+        "runs": str(ledger.root),
+        "dense": dense,
+        "entries": entries,
+        "profiles": [p for m in settings.models if (p := ledger.read(f"{m}/profile.json"))],
+        "other_targets": others,
+        "overhead": [o for m in settings.models for o in ledger.read(f"{m}/overhead.json") or []],
+        "families": {m: f for m in settings.models if (f := ledger.read(f"{m}/families.json"))},
+    }
+
+
+def print_status(ledger: Ledger, settings: Settings) -> None:
+    units = {(u["model"], u["seed"], u["method"], u["fraction"]) for u in ledger.units()}
+    for model in settings.models:
+        for seed in settings.seeds:
+            done = [u for u in all_units(settings) if u[:2] == (model, seed) and u in units]
+            dense = "dense trained" if ledger.dense(model, seed) else "dense not trained"
+            total = len(METHODS) * len(settings.fractions)
+            print(f"{model} seed {seed}: {dense}, {len(done)} of {total} units")
+    sittings = ledger.read("sittings.json") or []
+    print(f"{len(sittings)} sitting(s) so far, {sum(s['seconds'] for s in sittings) / 3600:.1f} h")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=list(MODES), default="quick")
     parser.add_argument("--target", default="cpu", help="target name or .toml file")
-    parser.add_argument("--seeds", type=int, nargs="+")
-    parser.add_argument("--models", nargs="+")
-    parser.add_argument("--fractions", type=float, nargs="+")
-    parser.add_argument("--runs", type=Path, help="work folder (default: a fresh one in runs/)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="this sitting: only these seeds")
+    parser.add_argument("--models", nargs="+", help="this sitting: only these models")
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        help="this sitting: only these methods")
+    parser.add_argument("--ledger", type=Path,
+                        help="finished units (default: bench/results/<mode>, kept in git)")
+    parser.add_argument("--runs", type=Path,
+                        help="scratch folder for search runs (default: runs/compare-<mode>)")
+    parser.add_argument("--hours", type=float, default=math.inf,
+                        help="start no unit after this many hours (a sitting); rerun to go on")
+    parser.add_argument("--train-device", default="auto",
+                        help="auto (cuda when there is one), cpu, cuda or cuda:N; latency is "
+                             "always measured on --target")
+    parser.add_argument("--status", action="store_true", help="list what is done and stop")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--img-dir", type=Path, default=Path("docs/img"))
-    parser.add_argument("--report-only", type=Path, help="rewrite the report from results.json")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the ledger, train nothing")
     args = parser.parse_args(argv)
-    args.argv = argv
 
     from compare_report import write_report
 
-    if args.report_only:
-        write_report(json.loads(args.report_only.read_text()), args.out, args.img_dir)
-        return 0
-    settings = MODES[args.mode]
-    overrides = {k: tuple(v) for k, v in (("seeds", args.seeds), ("models", args.models),
-                                          ("fractions", args.fractions)) if v}
-    settings = replace(settings, **overrides)
+    full = MODES[args.mode]
+    sitting = replace(full, **{k: tuple(v) for k, v in (
+        ("seeds", args.seeds), ("models", args.models)) if v})
     target = load_target(args.target)
+    ledger = Ledger(args.ledger or Path("bench/results") / args.mode)
+    comparable = {k: v for k, v in asdict(full).items() if k not in ("models", "seeds")}
+    try:
+        ledger.check_settings({"mode": args.mode, **comparable}, target.name)
+    except UserError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if args.status:
+        print_status(ledger, full)
+        return 0
+    if args.report_only:
+        write_report(collect(ledger, full, args.mode, target), args.out, args.img_dir)
+        return 0
     usable, why = target.usable()
     if not usable:
         print(f"target {target.name} cannot be measured here: {why}", file=sys.stderr)
         return 2
-    runs = args.runs or Path("runs") / f"compare-methods-{args.mode}-{datetime.now():%Y%m%d-%H%M%S}"
-    if runs.exists() and any(runs.iterdir()):
-        print(f"{runs} is not empty: give a fresh --runs", file=sys.stderr)
+    device = args.train_device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--train-device {device}: torch sees no CUDA device here; use cpu or auto",
+              file=sys.stderr)
         return 2
+    runs = args.runs or Path("runs") / f"compare-{args.mode}"
     runs.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
     load_before = os.getloadavg()
-    estimate = estimate_seconds(settings)
-    print(f"mode {args.mode}: estimated {estimate / 60:.0f} min on this machine "
-          f"({len(settings.models)} model(s), {len(settings.seeds)} seed(s), "
-          f"{len(settings.fractions)} budget(s) x 4 methods)", flush=True)
+    estimate = estimate_seconds(full)
+    print(f"mode {args.mode}: {len(all_units(full))} units; all of them would take about "
+          f"{estimate / 3600:.1f} h on this machine's CPU; ledger {ledger.root}", flush=True)
+    started_at = datetime.now().isoformat("T", "seconds")
     started = time.perf_counter()
-    bench = Bench(settings, target, args.target, runs)
-    for model_name in settings.models:
-        lut = bench.profile(model_name)
-        print(f"{model_name}: LUT profiled", flush=True)
-        bench.gate_overhead(model_name)
-        bench.measure_families(model_name)
-        for seed in settings.seeds:
-            bench.run_seed(model_name, seed, lut)
-            _save(bench, settings, args, target, runs, started, estimate, load_before)
-    results = _save(bench, settings, args, target, runs, started, estimate, load_before)
-    write_report(results, args.out, args.img_dir)
-    print(f"wrote {args.out} in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-    return 0
+    methods = tuple(m for m in METHODS if not args.methods or m in args.methods)
+    bench = Bench(sitting, target, args.target, runs, ledger, device, methods,
+                  deadline=time.monotonic() + args.hours * 3600)
+    stopped = None
+    try:
+        for model_name in sitting.models:
+            lut = bench.prepare_model(model_name)
+            if not all(bench.run_seed(model_name, seed, lut) for seed in sitting.seeds):
+                stopped = f"the sitting's {args.hours:g} h are up"
+                break
+    except (KeyboardInterrupt, Interrupted):
+        stopped = "interrupted"
+    finally:
+        ledger.add_sitting({
+            "started": started_at, "finished": datetime.now().isoformat("T", "seconds"),
+            "seconds": round(time.perf_counter() - started, 1), "units": bench.units_done,
+            "revision": _revision(), "machine": machine_line(), "train_device": device,
+            "estimate_s": estimate, "load_before": list(load_before),
+            "load_after": list(os.getloadavg()),
+            "command": "python bench/compare_methods.py " + " ".join(
+                shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))})
+    results = collect(ledger, full, args.mode, target)
+    ledger.write("results.json", results)
+    if results["entries"]:
+        write_report(results, args.out, args.img_dir)
+    progress = results["progress"]
+    print(f"{progress['done']} of {progress['units']} units in {ledger.root}; this sitting "
+          f"made {bench.units_done} in {(time.perf_counter() - started) / 60:.1f} min"
+          + (f" ({stopped}): rerun the same command to go on" if stopped else ""), flush=True)
+    return 130 if stopped == "interrupted" else 0
 
 
-def _save(bench: Bench, settings: Settings, args: argparse.Namespace, target: Target,
-          runs: Path, started: float, estimate: float,
-          load_before: tuple[float, float, float]) -> dict[str, Any]:
-    """Everything the report needs, in runs/…/results.json (``--report-only`` reads it)."""
-    import platform
+def _revision() -> str:
     import subprocess
-
-    import onnxruntime
-    from hwdnal_agent.device_info import cpu_model
 
     revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "hwdnal", "bench"],
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "hwdnal", "bench/*.py"],
                            capture_output=True, text=True).stdout.strip()
-    others = []
-    for t in all_targets():
-        ok, why = t.usable()
-        if t.name != target.name:
-            others.append({"target": t.name, "usable": ok, "why": why})
-    results = {
-        "command": "python bench/compare_methods.py " + " ".join(
-            shlex.quote(a) for a in (sys.argv[1:] if args.argv is None else args.argv)),
-        "mode": args.mode,
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "revision": revision + (" (with uncommitted changes)" if dirty else ""),
-        "machine": f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores), "
-                   f"torch {torch.__version__} ({torch.get_num_threads()} threads for "
-                   f"training), onnxruntime {onnxruntime.__version__}",
-        "target": {"name": target.name, "threads": target.threads, "batch": target.batch,
-                   "description": target.description},
-        "settings": asdict(settings),
-        "load_before": list(load_before),
-        "load_after": list(os.getloadavg()),
-        "estimate_s": estimate,
-        "seconds": time.perf_counter() - started,
-        "runs": str(runs),
-        "dense": bench.dense,
-        "entries": [asdict(e) for e in bench.entries],
-        "profiles": bench.profiles,
-        "other_targets": others,
-        "overhead": bench.overhead,
-        "families": bench.families,
-    }
-    (runs / "results.json").write_text(json.dumps(results, indent=1))
-    return results
+    return revision + (" (with uncommitted changes)" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,20 @@ LABELS = {
 }
 KNOB = {"hwdnal": "", "hwdnal-kd": "", "hwdnal-scratch": "", "dnal": "λa", "uniform": "width",
         "uniform-kd": "width", "l1": "ratio", "l1-kd": "ratio"}
+#: hwdnal's architecture with another recipe: they separate the search from the recipe
+#: (section 6) rather than compete with it
+ABLATIONS = ("hwdnal-kd", "hwdnal-scratch")
+#: (row, against it, what the difference measures)
+CONTRIBUTIONS = (
+    ("hwdnal-kd", "hwdnal", "distillation in hwdnal's finetuning"),
+    ("uniform-kd", "uniform", "distillation in uniform width's training from scratch"),
+    ("l1-kd", "l1", "distillation in L1's finetuning"),
+    ("hwdnal", "hwdnal-scratch", "inheriting the dense weights (hwdnal's recipe) instead of "
+     "training the found architecture from scratch"),
+    ("hwdnal-scratch", "uniform", "the found architecture instead of uniform width, both "
+     "trained from scratch alike"),
+    ("hwdnal", "dnal", "the latency term and budget fit instead of λa alone"),
+)
 MIN_GAP = 0.002  # accuracy differences under 0.2 pp are ties whatever the spread
 LATENCY_GAP = 0.03  # landed latencies further apart than 3% of dense are called out
 
@@ -77,8 +91,10 @@ class Table:
 def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
     table = Table(results)
     img_dir.mkdir(parents=True, exist_ok=True)
-    plot = img_dir / "pareto.png"
-    pareto_plot(table, plot)
+    plots = []
+    for model in table.models:
+        plots.append(img_dir / f"pareto-{model}.png")
+        pareto_plot(table, model, plots[-1])
     s = results["settings"]
     seeds = s["seeds"]
     lines = [
@@ -89,23 +105,12 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         "",
         f"    {results['command']}",
         "",
-        f"- date: {results['date']}; revision: {results['revision']}",
-        f"- machine: {results['machine']}",
-        f"- target `{results['target']['name']}`: {results['target']['description']}, batch "
-        f"{results['target']['batch']}, {results['target']['threads']} thread(s)",
-        f"- data: Fashion-MNIST 28×28, {s['train_subset'] or 60000} training images (a "
-        f"deterministic subset per seed), {s['test_subset'] or 10000} test images; epochs: "
-        f"weights {s['epochs_weights']}, architecture {s['epochs_arch']}, finetune "
-        f"{s['epochs_finetune']}; seeds {', '.join(map(str, seeds))}",
-        f"- wall time {results['seconds'] / 60:.1f} min (estimated up front: "
-        f"{results['estimate_s'] / 60:.0f} min); load average (1 min) before / after: "
-        f"{results['load_before'][0]:.2f} / {results['load_after'][0]:.2f}",
-        "- load average (1 min) just before / after each seed's final measurement: "
-        + "; ".join(f"{d['model']} seed {d['seed']}: {d['load_at_measurement'][0]:.2f} / "
-                    f"{d['load_at_measurement'][1]:.2f}" for d in results["dense"]
-                    if "load_at_measurement" in d),
-        "- latency: median on the target; all final networks of a seed are measured in one "
-        "interleaved call with that seed's dense network, and shown as a percentage of it; "
+        *provenance(results),
+        "- latency: median on the target, shown as a percentage of the dense network's. Each "
+        "network is measured interleaved with its seed's dense network as soon as it is "
+        "trained; once every unit of a seed is in, all its networks are measured again in "
+        "ONE interleaved call with the dense one (architectures rebuilt from the ledger: "
+        "latency does not depend on the weights' values), and those figures are shown; "
         f"± is the sample standard deviation over the {len(seeds)} seed(s)",
         "",
         "Methods, all from the same data, seed and training recipe (SGD, Nesterov momentum, "
@@ -125,6 +130,12 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         "one ratio for every group, the classifier left whole, rounded to the channel "
         f"step; the ratio chosen by measuring {len(s['knobs'])} ratios; from the dense "
         "weights, finetuned for hwdnal's finetune epochs.",
+        "- **… with distillation** (the -kd rows): the same training, the loss blended with "
+        f"the dense network's softened logits (α = {s['distill']}, T = "
+        f"{s['distill_temperature']}; `hwdnal search --distill`).",
+        "- **hwdnal's architecture, from scratch**: the keep mask hwdnal found, freshly "
+        "initialised and trained exactly like uniform width — the row that says whether the "
+        "search found a better architecture at all, apart from the recipe.",
         "",
         "## Verdict",
         "",
@@ -135,7 +146,8 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         *accuracy_tables(table),
         "## 2. Pareto front",
         "",
-        f"![top-1 against measured latency]({_relative(plot, out.parent)})",
+        *[f"![{plot.stem}: top-1 against measured latency]({_relative(plot, out.parent)})\n"
+          for plot in plots],
         "",
         "Mean over seeds; error bars are one standard deviation in both directions; the "
         "star is the dense network.",
@@ -149,9 +161,55 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         "## 5. Cost",
         "",
         *cost_tables(table),
+        "## 6. What each part of the recipe contributes",
+        "",
+        *contribution_table(table),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+
+
+def provenance(results: dict[str, Any]) -> list[str]:
+    """Where, when and how long: one line per sitting, and how much of the mode is done."""
+    s = results["settings"]
+    lines = [
+        f"- data: Fashion-MNIST 28×28, {s['train_subset'] or 60000} training images (a "
+        f"deterministic subset per seed), {s['test_subset'] or 10000} test images; epochs: "
+        f"weights {s['epochs_weights']}, architecture {s['epochs_arch']}, finetune "
+        f"{s['epochs_finetune']}; seeds {', '.join(map(str, s['seeds']))}",
+        f"- target `{results['target']['name']}`: {results['target']['description']}, batch "
+        f"{results['target']['batch']}, {results['target']['threads']} thread(s)",
+    ]
+    progress = results.get("progress")
+    if progress:
+        complete = progress["done"] == progress["units"]
+        lines.append(
+            f"- progress: {progress['done']} of {progress['units']} units "
+            f"(model × method × budget × seed) and {progress['dense']} of "
+            f"{progress['dense_total']} dense networks"
+            + ("" if complete else " — **incomplete: every figure below is provisional**"))
+    sittings = results.get("sittings")
+    if sittings is None:  # a report written by one uninterrupted run
+        return [*lines, f"- date: {results['date']}; revision: {results['revision']}",
+                f"- machine: {results['machine']}",
+                f"- wall time {results['seconds'] / 60:.1f} min"]
+    lines.append(f"- wall time {results['seconds'] / 3600:.2f} h in {len(sittings)} "
+                 f"sitting(s) (all of the mode estimated up front at "
+                 f"{results['estimate_s'] / 3600:.1f} h of this machine's CPU):")
+    for i, sitting in enumerate(sittings, 1):
+        lines.append(
+            f"  {i}. {sitting['started']} → {sitting['finished']}, revision "
+            f"{sitting['revision']}, training on {sitting['train_device']}: "
+            f"{sitting['units']} unit(s) in {sitting['seconds'] / 60:.0f} min; load average "
+            f"(1 min) {sitting['load_before'][0]:.2f} before, {sitting['load_after'][0]:.2f} "
+            f"after; machine: {sitting['machine']}; `{sitting['command']}`")
+    measured = [f"{d['model']} seed {d['seed']}: {d['load_at_measurement'][0]:.2f} / "
+                f"{d['load_at_measurement'][1]:.2f}" for d in results["dense"]
+                if "load_at_measurement" in d]
+    if measured:
+        lines.append("- load average (1 min) just before / after each seed's final "
+                     "measurement: " + "; ".join(measured))
+    return lines
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -162,8 +220,9 @@ def _relative(path: Path, base: Path) -> str:
 
 
 # -- verdict -------------------------------------------------------------------------------
-def compare(table: Table, model: str, fraction: float, other: str) -> dict[str, Any] | None:
-    a, x = table.acc(model, fraction, "hwdnal"), table.acc(model, fraction, other)
+def compare(table: Table, model: str, fraction: float, other: str,
+            ours: str = "hwdnal") -> dict[str, Any] | None:
+    a, x = table.acc(model, fraction, ours), table.acc(model, fraction, other)
     if not a or not x:
         return None
     (ma, sa), (mx, sx) = mean_std(a), mean_std(x)
@@ -231,8 +290,8 @@ def verdict(table: Table) -> list[str]:
                 lines.append(f"- **{model} at {fraction:.0%}, seed {failed['seed']}: hwdnal "
                              f"failed** — {failed['failed']}")
             for other in table.methods:
-                if other == "hwdnal":
-                    continue
+                if other in ABLATIONS or other == "hwdnal":
+                    continue  # hwdnal's own variants: section 6
                 c = compare(table, model, fraction, other)
                 if c is None:
                     continue
@@ -251,6 +310,14 @@ def verdict(table: Table) -> list[str]:
         f"deviations over seeds (and {100 * MIN_GAP:.1f} pp); otherwise it is a tie.",
         "",
     ]
+    progress = table.r.get("progress")
+    if progress and progress["done"] < progress["units"]:
+        head += [
+            f"**Provisional**: {progress['done']} of {progress['units']} units are in the "
+            "ledger; comparisons with fewer seeds than the mode's have a smaller spread than "
+            "the finished benchmark will. Rerun the command to go on.",
+            "",
+        ]
     if (s["train_subset"] or 60000) < 60000 or s["epochs_weights"] < 10:
         head += [
             f"These are quick-mode numbers: {s['train_subset'] or 60000} training images and "
@@ -263,6 +330,26 @@ def verdict(table: Table) -> list[str]:
 
 
 # -- tables --------------------------------------------------------------------------------
+def contribution_table(table: Table) -> list[str]:
+    """Pairs of rows that differ in one thing, judged by the verdict's rule."""
+    lines = ["Each line compares two rows that differ in one part of the recipe; the "
+             "difference is called a gain or a loss by the verdict's rule (beyond the sum of "
+             "the standard deviations and 0.2 pp), else no measurable effect.", "",
+             "| model | budget | what changes | top-1 with (%) | top-1 without (%) | "
+             "Δ (pp) | effect |", "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    for model in table.models:
+        for fraction in table.fractions:
+            for row, base, what in CONTRIBUTIONS:
+                c = compare(table, model, fraction, base, ours=row)
+                if c is None:
+                    continue
+                effect = {"wins": "gain", "loses": "loss", "ties": "none measurable"}
+                lines.append(f"| {model} | {fraction:.0%} | {what} | {100 * c['a']:.1f} | "
+                             f"{100 * c['x']:.1f} | {100 * c['gap']:+.1f} | "
+                             f"{effect[c['outcome']]} |")
+    return [*lines, ""]
+
+
 def accuracy_tables(table: Table) -> list[str]:
     lines = []
     for model in table.models:
@@ -405,17 +492,17 @@ def cost_tables(table: Table) -> list[str]:
 
 
 # -- the plot ------------------------------------------------------------------------------
-def pareto_plot(table: Table, path: Path) -> None:
+def pareto_plot(table: Table, model: str, path: Path) -> None:
+    """One model's accuracy against measured latency, every method, mean ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = table.models or ["(none)"]
-    figure, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 4.6), squeeze=False)
+    figure, axes = plt.subplots(1, 1, figsize=(7.2, 5.0), squeeze=False)
     markers = {"hwdnal": "o", "hwdnal-kd": "P", "hwdnal-scratch": "X", "dnal": "s",
                "uniform": "^", "uniform-kd": "v", "l1": "D", "l1-kd": "d"}
-    for axis, model in zip(axes[0], models, strict=True):
+    for axis in axes[0]:
         for method in table.methods:
             points = []
             for fraction in table.fractions:

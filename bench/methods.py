@@ -26,13 +26,19 @@ from hwdnal.train import TrainSettings, train_epoch
 
 
 def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_size: int,
-                weight_decay: float, seed: int, teacher: Distillation | None = None) -> float:
+                weight_decay: float, seed: int, teacher: Distillation | None = None,
+                device: str = "cpu") -> float:
     """The engine's weight/finetune loop (see ``DnalSearch._train_plain``), with the
-    search's distillation when a ``teacher`` is given; returns seconds."""
+    search's distillation when a ``teacher`` is given, on ``device`` with the search's
+    default precision there (bf16 autocast on a GPU); returns seconds."""
+    from hwdnal.search import _amp_dtype
+
     started = time.perf_counter()
     if epochs <= 0:
         return 0.0
-    model.to(memory_format=torch.channels_last)
+    model.to(device=device, memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.teacher.to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     steps = steps_per_epoch(data, batch_size)
@@ -43,7 +49,8 @@ def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_
     for epoch in range(epochs):
         train_epoch(model, data, optimizer, batch_size, seed=seed * 1000 + epoch,
                     scheduler=scheduler,
-                    settings=TrainSettings(channels_last=True, distillation=teacher))
+                    settings=TrainSettings(channels_last=True, distillation=teacher,
+                                           amp=_amp_dtype("auto", device)))
     model.eval()
     return time.perf_counter() - started
 
@@ -60,13 +67,18 @@ def uniform_width(model: nn.Module, example: torch.Tensor, fraction: float,
                   multiple: int) -> nn.Module:
     """``model`` with the same fraction of every coupled-channel group kept (aligned to the
     target's channel step): width scaling of the very architecture hwdnal prunes."""
-    gated = GatedModel(copy.deepcopy(model).cpu(), example.cpu())
-    keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
-    for group in gated.plan.groups:
+    return sliced_like(model, example, uniform_mask(model, example, fraction, multiple))
+
+
+def uniform_mask(model: nn.Module, example: torch.Tensor, fraction: float,
+                 multiple: int) -> torch.Tensor:
+    """The keep mask of :func:`uniform_width`: the first channels of every group."""
+    plan = GatedModel(copy.deepcopy(model).cpu(), example.cpu()).plan
+    keep = torch.zeros(plan.num_gates, dtype=torch.bool)
+    for group in plan.groups:
         kept = aligned_count(round(fraction * group.size), group.size, multiple)
         keep[group.start : group.start + kept] = True
-    gated.set_keep_mask(keep)
-    return prune_physically(gated).eval()
+    return keep
 
 
 def l1_pruned(model: nn.Module, example: torch.Tensor, ratio: float, multiple: int) -> nn.Module:
@@ -111,5 +123,5 @@ def pick_for_budget(candidates: Sequence[Candidate], fraction: float) -> Candida
     return min(candidates, key=lambda c: c.ratio)
 
 
-__all__ = ["Candidate", "l1_pruned", "measure_family", "pick_for_budget",
-           "train_plain", "uniform_width"]
+__all__ = ["Candidate", "l1_pruned", "measure_family", "pick_for_budget", "sliced_like",
+           "train_plain", "uniform_mask", "uniform_width"]

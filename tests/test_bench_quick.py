@@ -43,25 +43,78 @@ def _fast_target(folder: Path) -> Path:
 
 def test_compare_methods_smoke(tmp_path: Path, fashion_mnist_available: None) -> None:
     bench = _load_bench()
-    out, img = tmp_path / "benchmarks.md", tmp_path / "img"
-    code = bench.main(["--mode", "smoke", "--target", str(_fast_target(tmp_path)),
-                       "--runs", str(tmp_path / "runs"), "--out", str(out),
-                       "--img-dir", str(img)])
-    assert code == 0
-    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    out, img, ledger = tmp_path / "benchmarks.md", tmp_path / "img", tmp_path / "ledger"
+    target = str(_fast_target(tmp_path))
+    common = ["--mode", "smoke", "--target", target, "--ledger", str(ledger), "--runs",
+              str(tmp_path / "runs"), "--out", str(out), "--img-dir", str(img)]
+
+    # a sitting with no time left trains nothing but says how to go on
+    assert bench.main([*common, "--hours", "0"]) == 0
+    assert not list(ledger.glob("*/seed*/*.json"))
+
+    assert bench.main(common) == 0
+    results = json.loads((ledger / "results.json").read_text())
     assert sorted(e["method"] for e in results["entries"]) == sorted(bench.METHODS)
+    assert results["progress"]["done"] == results["progress"]["units"] == len(bench.METHODS)
     for entry in results["entries"]:
         if not entry["failed"]:
             assert entry["latency_ms"] > 0 and 0 <= entry["accuracy"] <= 1
             assert entry["macs"] < results["dense"][0]["macs"]
+            assert entry["latency_source"] == "seed"  # the seed's final measurement
     text = out.read_text()
     for heading in ("## Verdict", "## 1. Accuracy", "## 3. Realised speedup",
                     "## 4. Latency-model fidelity", "## 5. Cost"):
         assert heading in text
-    assert "python " in text and "revision" in text
-    assert (img / "pareto.png").stat().st_size > 1000
-    # the report is rebuilt from results.json alone
+    assert "python " in text and "revision" in text and "provisional" not in text
+    assert (img / "pareto-resnet20.png").stat().st_size > 1000
+
+    # the report is rebuilt from the ledger alone
     again = tmp_path / "again.md"
-    assert bench.main(["--report-only", str(tmp_path / "runs" / "results.json"), "--out",
-                       str(again), "--img-dir", str(img)]) == 0
+    assert bench.main([*common[:-4], "--report-only", "--out", str(again),
+                       "--img-dir", str(img)]) == 0
     assert again.read_text() == text
+
+
+def test_compare_methods_resumes_unit_by_unit(tmp_path: Path,
+                                              fashion_mnist_available: None) -> None:
+    """A sitting stopped after some units is continued by the same command, even after
+    its scratch folder is lost (a new machine): finished units are not trained again."""
+    bench = _load_bench()
+    ledger = tmp_path / "ledger"
+    common = ["--mode", "smoke", "--target", str(_fast_target(tmp_path)), "--ledger",
+              str(ledger), "--out", str(tmp_path / "b.md"), "--img-dir", str(tmp_path / "img")]
+    assert bench.main([*common, "--runs", str(tmp_path / "runs1"), "--methods", "hwdnal",
+                       "uniform"]) == 0
+    first = {p.name: p.read_text() for p in ledger.glob("resnet20/seed0/*-*.json")}
+    assert sorted(first) == ["hwdnal-0.5.json", "uniform-0.5.json"]
+    assert "provisional" in (tmp_path / "b.md").read_text()
+
+    assert bench.main([*common, "--runs", str(tmp_path / "runs2")]) == 0
+    units = {p.name: p.read_text() for p in ledger.glob("resnet20/seed0/*-*.json")
+             if p.name != "dnal-tries.json"}
+    assert len(units) == len(bench.METHODS)
+    for name, text in first.items():  # untouched by the second sitting
+        assert units[name] == text
+    scratch = json.loads(units["hwdnal-scratch-0.5.json"])
+    assert scratch["keep"] == json.loads(first["hwdnal-0.5.json"])["keep"]
+    sittings = json.loads((ledger / "sittings.json").read_text())
+    assert [s["units"] for s in sittings] == [3, len(bench.METHODS) - 2]  # dense counted once
+
+
+def test_ledger_refuses_other_settings(tmp_path: Path) -> None:
+    bench = _load_bench()
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "settings.json").write_text(json.dumps({"settings": {"mode": "quick"},
+                                                      "target": "cpu"}))
+    assert bench.main(["--mode", "smoke", "--ledger", str(ledger), "--status"]) == 2
+
+
+def test_masks_survive_the_ledger() -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ledger import mask_from_text, mask_to_text
+
+    keep = torch.rand(301) > 0.4
+    assert torch.equal(mask_from_text(mask_to_text(keep)), keep)
