@@ -32,6 +32,9 @@ def profile(
         None, "--validate", help="Held-out random sub-networks to report the error on."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random sub-networks."),
+    candidates: str | None = typer.Option(
+        None, help="Supernets only: kernel x expansion candidates, as given to search."
+    ),
     force: bool = typer.Option(
         False, "--force", help="Overwrite an existing LUT measured for another target."
     ),
@@ -69,7 +72,8 @@ def profile(
     spec = load_target(target).with_remote(remote)
     shape = input_shape_for(spec.batch, in_channels, input_size)
     path = out or default_lut_path(model, spec.name, shape)
-    network = create_model(model, num_classes=num_classes, in_channels=in_channels)
+    network = create_model(model, num_classes=num_classes, in_channels=in_channels,
+                           candidates=candidates)
     measurer = open_measurer(spec)
     if spec.remote:
         console.print(f"measuring on the agent at {spec.remote} "

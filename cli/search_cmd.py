@@ -84,6 +84,10 @@ def search(
         False, help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
         "(for small per-GPU batches)."
     ),
+    candidates: str | None = typer.Option(
+        None, help="Supernets only: the candidate blocks of every searchable layer as "
+        "kernel x expansion pairs, e.g. 3x3,3x6,5x6 (default: k3/5/7 x e3/6)."
+    ),
 ) -> None:
     """Learn which channels to keep with DNAL, prune them physically and finetune.
 
@@ -105,9 +109,13 @@ def search(
         lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
         compile=compile, remote=remote, lut_tolerance=lut_tolerance, amp=amp,
         torch_compile=torch_compile, sync_batchnorm=sync_batchnorm, distill=distill,
-        distill_temperature=distill_temperature,
+        distill_temperature=distill_temperature, candidates=candidates,
     )
     check_options(config)
+    if candidates is not None:
+        from hwdnal.models import parse_candidates_for
+
+        parse_candidates_for(model, candidates)  # a malformed list fails before any work
     _check_device(device)
     if budget is not None:
         from hwdnal.budget import parse_budget

@@ -21,13 +21,18 @@ def params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int,
 
 
 def predicted_params(gated: GatedModel) -> int:
-    """What the network will count once its gated-off channels are removed."""
+    """What the network will count once its gated-off channels (and a supernet's dropped
+    candidate blocks, BatchNorms included) are removed."""
     counts = {c.name: c for c in gated.channel_counts(hard=True)}
     keep = torch.cat([gated.keep_mask().cpu(), torch.ones(1, dtype=torch.bool)])
-    accounted: set[int] = set()
+    accounted: set[int] = {id(p) for block in gated.dropped_blocks()
+                           for p in block.module.parameters()}
+    removed = {id(m) for block in gated.dropped_blocks() for m in block.module.modules()}
     total = 0
     for name, layer in gated.plan.layers.items():
         module = layer.module
+        if id(module) in removed:
+            continue
         c_in, c_out = int(counts[name].in_channels), int(counts[name].out_channels)
         if isinstance(module, nn.modules.conv._ConvNd):
             groups = c_in if _is_depthwise_conv(module) else module.groups
@@ -38,7 +43,7 @@ def predicted_params(gated: GatedModel) -> int:
             total += c_out
         accounted.update(id(p) for p in module.parameters(recurse=False))
     for norm in gated.plan.norms.values():
-        if norm.module.affine:
+        if norm.module.affine and id(norm.module) not in removed:
             total += 2 * int(keep[norm.out_gate_index].sum())
             accounted.update(id(p) for p in norm.module.parameters(recurse=False))
     total += sum(p.numel() for p in gated.model.parameters() if id(p) not in accounted)

@@ -15,6 +15,19 @@ from torch import nn
 
 from hwdnal.gates import GateMode, ScaledSigmoidGate
 from hwdnal.graph import ChannelPlan, build_channel_plan
+from hwdnal.models.proxyless_supernet import mixed_layers
+
+
+@dataclass
+class CandidateBlock:
+    """One candidate of a supernet layer: its expanded channels are one gate group, which
+    may end with no channel at all (the candidate is then dropped)."""
+
+    layer: str
+    name: str
+    module: nn.Module
+    residual: bool
+    group: int  # index into plan.groups
 
 
 @dataclass
@@ -44,6 +57,12 @@ class GatedModel(nn.Module):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         #: gated and ungated output of each layer that also feeds a gated BatchNorm
         self._ungated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.blocks: list[CandidateBlock] = _candidate_blocks(model, self.plan)
+        #: per gate: its block (len(blocks) for gates outside every candidate)
+        self.register_buffer("_block_of_gate", _block_of_gate(self.plan, self.blocks),
+                             persistent=False)
+        #: per conv/linear layer (plan.layers order): its block, len(blocks) if none
+        self._block_of_layer = _block_of_layer(self.plan, self.blocks)
         for index_name, site in self.plan.gate_sites.items():
             self.register_buffer(_buffer_name(index_name), site.out_gate_index, persistent=False)
         self._attach()
@@ -53,6 +72,8 @@ class GatedModel(nn.Module):
         self._handles.append(self.model.register_forward_pre_hook(self._compute_gates))
         for name, site in self.plan.gate_sites.items():
             self._handles.append(site.module.register_forward_hook(self._gate_hook(name)))
+        for k, block in enumerate(self.blocks):
+            self._handles.append(block.module.register_forward_hook(self._block_hook(k)))
         modules = dict(self.model.named_modules())
         for norm, layer in self.plan.ungated_inputs.items():
             self._handles.append(
@@ -69,6 +90,26 @@ class GatedModel(nn.Module):
             return None
 
         return hook
+
+    def _block_hook(self, k: int):
+        """A candidate's output times its block gate (the largest of its channel gates):
+        1 while any of its channels lives, 0 once all are off, so a dropped candidate adds
+        nothing (not its last BatchNorm's shift) and pruning it changes nothing."""
+
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor | None:
+            if self._current is None:
+                return None
+            return output * self.block_values(self._current[:-1])[k]
+
+        return hook
+
+    def block_values(self, values: torch.Tensor) -> torch.Tensor:
+        """Per candidate block, the largest gate value of its channels; one more entry (1)
+        for everything outside the blocks."""
+        slots = values.new_zeros(len(self.blocks) + 1)
+        slots = slots.scatter_reduce(0, self._block_of_gate.to(values.device), values, "amax",
+                                     include_self=False)
+        return torch.cat([slots[:-1], slots.new_ones(1)])
 
     def detach_gates(self) -> nn.Module:
         """Remove every hook and return the plain model."""
@@ -134,14 +175,41 @@ class GatedModel(nn.Module):
         return self.gate.probability()
 
     def keep_mask(self) -> torch.Tensor:
-        """Which gates survive pruning: at least one per group."""
+        """Which gates survive pruning: at least one per group, except a supernet's candidate
+        blocks, which may lose all their channels as long as their layer survives it (a
+        layer without a residual path keeps its most alive candidate)."""
+        optional = {block.group for block in self.blocks}
         with torch.no_grad():
             keep = self.gate.binary().clone()
-            for group in self.plan.groups:
+            s = self.gate.s
+            for k, group in enumerate(self.plan.groups):
                 part = keep[group.start : group.stop]
-                if not bool(part.any()):
-                    part[int(torch.argmax(self.gate.s[group.start : group.stop]))] = True
+                if k not in optional and not bool(part.any()):
+                    part[int(torch.argmax(s[group.start : group.stop]))] = True
+            layers: dict[str, list[CandidateBlock]] = {}
+            for block in self.blocks:
+                layers.setdefault(block.layer, []).append(block)
+            for blocks in layers.values():
+                groups = [self.plan.groups[b.group] for b in blocks]
+                if blocks[0].residual or any(bool(keep[g.start : g.stop].any()) for g in groups):
+                    continue
+                best = max(groups, key=lambda g: float(s[g.start : g.stop].max()))
+                keep[best.start + int(torch.argmax(s[best.start : best.stop]))] = True
         return keep
+
+    def dropped_blocks(self) -> list[CandidateBlock]:
+        """The candidate blocks the keep mask removes entirely."""
+        keep = self.keep_mask()
+        return [b for b in self.blocks if not bool(
+            keep[self.plan.groups[b.group].start : self.plan.groups[b.group].stop].any())]
+
+    def layer_presence(self, hard: bool = False) -> torch.Tensor:
+        """Per conv/linear layer (``layer_channels`` order): 1, or for a layer inside a
+        candidate block its block gate, so that the latency of a dropped candidate vanishes
+        entirely, fixed per-layer costs included."""
+        values = self.keep_mask().to(self.gate.s.dtype) if hard else self.keep_probability()
+        index = self._block_of_layer.to(values.device)
+        return self.block_values(values)[index]
 
     def layer_channels(self, hard: bool = False) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """Names of every conv and linear layer and their expected (or, with ``hard``, final)
@@ -193,6 +261,49 @@ class GatedModel(nn.Module):
             }
             for group in self.plan.groups
         ]
+
+
+def _candidate_blocks(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
+    """The candidate blocks of a supernet's mixed layers whose expanded channels form a gate
+    group of their own (nothing outside the block shares them)."""
+    layer_of = {id(lc.module): lc for lc in plan.layers.values()}
+    starts = {group.start: k for k, group in enumerate(plan.groups)}
+    blocks = []
+    for layer_name, layer in mixed_layers(model).items():
+        for name, candidate in layer.candidates.items():
+            expanded = layer_of.get(id(candidate.expanded))
+            if expanded is None:
+                continue
+            gates = expanded.out_gate_index
+            k = starts.get(int(gates.min())) if gates.numel() else None
+            if k is None or plan.groups[k].size != gates.numel():
+                continue
+            inside = {id(m) for m in candidate.modules()}
+            low, high = int(gates.min()), int(gates.max())
+            coupled = [lc for lc in [*plan.layers.values(), *plan.norms.values()]
+                       if _touches(lc.in_gate_index, low, high)
+                       or _touches(lc.out_gate_index, low, high)]
+            if all(id(lc.module) in inside for lc in coupled):
+                blocks.append(CandidateBlock(layer_name, name, candidate, layer.residual, k))
+    return blocks
+
+
+def _touches(index: torch.Tensor, low: int, high: int) -> bool:
+    return bool(((index >= low) & (index <= high)).any())
+
+
+def _block_of_gate(plan: ChannelPlan, blocks: list[CandidateBlock]) -> torch.Tensor:
+    index = torch.full((plan.num_gates,), len(blocks), dtype=torch.long)
+    for k, block in enumerate(blocks):
+        group = plan.groups[block.group]
+        index[group.start : group.stop] = k
+    return index
+
+
+def _block_of_layer(plan: ChannelPlan, blocks: list[CandidateBlock]) -> torch.Tensor:
+    owner = {id(m): k for k, block in enumerate(blocks) for m in block.module.modules()}
+    return torch.tensor([owner.get(id(lc.module), len(blocks)) for lc in plan.layers.values()],
+                        dtype=torch.long)
 
 
 def _padded(rows: list[torch.Tensor], pad: int) -> torch.Tensor:

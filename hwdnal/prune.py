@@ -8,6 +8,10 @@ concatenations, chunks, shuffles and additions adapt to the smaller tensors by t
 Grouped convolutions keep the same positions in every group (the plan ties them), so their
 weight is the original's kept rows and kept per-group input positions.
 
+A supernet's candidate block whose expanded channels were all removed is then taken out of
+its layer (:meth:`~hwdnal.models.proxyless_supernet.MixedLayer.keep_only`); a residual layer
+left with no candidate is the identity.
+
 Slicing keeps each tensor's memory format: a dense model in ``torch.channels_last`` gives a
 pruned model in ``torch.channels_last``.
 """
@@ -19,6 +23,7 @@ from torch import nn
 
 from hwdnal.gated import GatedModel
 from hwdnal.graph import _is_depthwise_conv
+from hwdnal.models.proxyless_supernet import mixed_layers
 
 
 def prune_physically(gated: GatedModel) -> nn.Module:
@@ -35,6 +40,9 @@ def prune_physically(gated: GatedModel) -> nn.Module:
                 _prune_linear(layer.module, in_keep, out_keep)
         for norm in plan.norms.values():
             _prune_batchnorm(norm.module, keep[norm.out_gate_index])
+    for layer in mixed_layers(model).values():
+        layer.keep_only([name for name, block in layer.candidates.items()
+                         if block.expanded.out_channels > 0])
     return model
 
 

@@ -49,6 +49,7 @@ from hwdnal.latency.alignment import align_keep_mask
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.loss_terms import GateLossTerm, SparsityTerm
 from hwdnal.models import create_model
+from hwdnal.models.proxyless_supernet import describe_blocks
 from hwdnal.prune import prune_physically
 from hwdnal.run import RunDir
 from hwdnal.targets import Target, load_target
@@ -109,6 +110,9 @@ class SearchConfig:
     #: (0: from the labels alone)
     distill: float = 0.0
     distill_temperature: float = 4.0
+    #: a supernet's candidate blocks per searchable layer, kernel x expansion ("3x3,5x6");
+    #: None: the model's own (ProxylessNAS's k{3,5,7} x e{3,6})
+    candidates: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -327,6 +331,9 @@ class DnalSearch:
             "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
                           "config": "config.json"},
         }
+        blocks = describe_blocks(pruned)
+        if blocks:  # a supernet: which operations were chosen, which layers removed
+            result["blocks"] = blocks
         if self.latency.lut_path:
             result["lut"] = self.latency.lut_path
         lut_check = (progress.latency or {}).get("lut_check")
@@ -394,7 +401,8 @@ class DnalSearch:
     def _new_model(self) -> nn.Module:
         assert self.data is not None
         torch.manual_seed(self.config.seed)
-        model = create_model(self.config.model, self.data.num_classes, self.data.in_channels)
+        model = create_model(self.config.model, self.data.num_classes, self.data.in_channels,
+                             self.config.candidates)
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model.to(self.device)

@@ -77,19 +77,27 @@ class LatencyModel:
 
     # -- the sum of layers ----------------------------------------------------------------
     def layer_latencies(
-        self, in_channels: torch.Tensor, out_channels: torch.Tensor
+        self, in_channels: torch.Tensor, out_channels: torch.Tensor,
+        presence: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """LUT latency (ms, uncalibrated) of every LUT layer, computed on the counts' device.
 
         ``in_channels``/``out_channels``: ``[L]`` counts in LUT layer order (``names``).
+        ``presence``: ``[L]`` factors, 0 for the layers of a supernet's dropped candidate
+        block (their whole cost vanishes, not only their channels'); None: all present.
+        Parallel candidates add up: the runtimes hwdnal targets run branches one after
+        the other.
         """
         tables = self.tables(in_channels.device)
         cin = in_channels.to(torch.float64)
         cout = out_channels.to(device=cin.device, dtype=torch.float64)
         depthwise = tables.depthwise
         # a depthwise layer's cost follows its channels (= its outputs), on a 1-wide out axis
-        return interpolate_grids(tables.grids, torch.where(depthwise, cout, cin),
-                                 torch.where(depthwise, torch.ones_like(cout), cout))
+        latency = interpolate_grids(tables.grids, torch.where(depthwise, cout, cin),
+                                    torch.where(depthwise, torch.ones_like(cout), cout))
+        if presence is not None:
+            latency = latency * presence.to(latency)
+        return latency
 
     def layer_latency(self, name: str, in_channels: Count, out_channels: Count) -> torch.Tensor:
         """LUT latency (ms, uncalibrated) of one layer at (possibly fractional) channel counts."""
@@ -123,8 +131,10 @@ class LatencyModel:
         return cin, cout
 
     def raw(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
-        """Σ of LUT latencies for ``{layer name: (in, out)}``; every LUT layer must appear."""
-        return self.layer_latencies(*self._vectors(counts)).sum()
+        """Σ of LUT latencies for ``{layer name: (in, out)}``; every LUT layer must appear
+        (a dropped candidate block's layers as (0, 0): they cost nothing)."""
+        cin, cout = self._vectors(counts)
+        return self.layer_latencies(cin, cout, _present(cin, cout)).sum()
 
     def activations(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
         """Σ output elements (millions) of the LUT's layers at these channel counts."""
@@ -143,7 +153,14 @@ class LatencyModel:
         self, in_channels: torch.Tensor, out_channels: torch.Tensor
     ) -> torch.Tensor:
         """Calibrated prediction (ms, float64) for ``[L]`` counts in LUT layer order."""
-        raw = self.layer_latencies(in_channels, out_channels).sum()
+        raw = self.layer_latencies(in_channels, out_channels,
+                                   _present(in_channels, out_channels)).sum()
+        return self.calibrate(raw, self._activations(out_channels))
+
+    def predict_present(self, in_channels: torch.Tensor, out_channels: torch.Tensor,
+                        presence: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_vectors` with explicit (differentiable) layer presence."""
+        raw = self.layer_latencies(in_channels, out_channels, presence).sum()
         return self.calibrate(raw, self._activations(out_channels))
 
     def predict_counts(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
@@ -161,7 +178,11 @@ class LatencyModel:
         """
         names, cin, cout = gated.layer_channels(hard=hard)
         rows = self._positions_in(tuple(names), cin.device)
-        value = self.predict_vectors(cin[rows], cout[rows])
+        if gated.blocks:  # a supernet: candidates that vanish take their whole cost along
+            presence = gated.layer_presence(hard=hard)[rows]
+            value = self.predict_present(cin[rows], cout[rows], presence)
+        else:
+            value = self.predict_vectors(cin[rows], cout[rows])
         return value.to(dtype=gated.gate.s.dtype)
 
     def _positions_in(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
@@ -185,6 +206,10 @@ class LatencyModel:
         counts: dict[str, tuple[int, int]] = {}
         for name, layer in self.lut.layers.items():
             found = modules.get(name)
+            if found is None and ".candidates." in name and \
+                    _parent_of_candidate(name) in modules:
+                counts[name] = (0, 0)  # a supernet candidate block removed by pruning
+                continue
             if not isinstance(found, (nn.modules.conv._ConvNd, nn.Linear)):
                 raise UserError(
                     f"the network has no conv/linear layer '{name}' of the LUT: the LUT was "
@@ -243,3 +268,13 @@ def _scalar(value: Count, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=torch.float64).reshape(())
     return torch.full((), float(value), dtype=torch.float64, device=device)
+
+
+def _present(in_channels: torch.Tensor, out_channels: torch.Tensor) -> torch.Tensor:
+    """1 for a layer with channels on both sides, 0 for one that was removed (0 channels)."""
+    return ((in_channels > 0) & (out_channels.to(in_channels.device) > 0)).to(torch.float64)
+
+
+def _parent_of_candidate(name: str) -> str:
+    """'features.5.candidates.k3e6.block.0' → 'features.5' (the mixed layer)."""
+    return name.split(".candidates.")[0]

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from torch import nn
 
 from hwdnal.errors import UserError
-from hwdnal.models import cifar_mobilenetv2, cifar_resnet, cifar_vgg, torchvision_models
+from hwdnal.models import (
+    cifar_mobilenetv2,
+    cifar_resnet,
+    cifar_vgg,
+    proxyless_supernet,
+    torchvision_models,
+)
 
 CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": cifar_resnet.resnet20,
@@ -25,6 +31,8 @@ CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet110": cifar_resnet.resnet110,
     "vgg16_bn_cifar": cifar_vgg.vgg16_bn_cifar,
     "mobilenet_v2_cifar": cifar_mobilenetv2.mobilenet_v2_cifar,
+    "proxyless_supernet_cifar": proxyless_supernet.proxyless_supernet_cifar,
+    "proxyless_supernet": proxyless_supernet.proxyless_supernet,
 }
 
 
@@ -32,8 +40,16 @@ def model_names() -> list[str]:
     return sorted(CIFAR_MODELS) + torchvision_models.available()
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Build ``name`` (see module doc) with random weights."""
+SUPERNETS = ("proxyless_supernet_cifar", "proxyless_supernet")
+
+
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3,
+                 candidates: str | None = None) -> nn.Module:
+    """Build ``name`` (see module doc) with random weights; ``candidates`` ("3x3,5x6"):
+    a supernet's kernel x expansion blocks per searchable layer."""
+    if candidates is not None:
+        return CIFAR_MODELS[name](num_classes=num_classes, in_channels=in_channels,
+                                  candidates=parse_candidates_for(name, candidates))
     if name in CIFAR_MODELS:
         return CIFAR_MODELS[name](num_classes=num_classes, in_channels=in_channels)
     if ":" in name:
@@ -46,6 +62,14 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.M
             "torchvision classification model (e.g. resnet18, mobilenet_v2, vgg16_bn) or "
             "package.module:factory for your own"
         ) from None
+
+
+def parse_candidates_for(name: str, candidates: str) -> tuple[tuple[int, int], ...]:
+    """``--candidates`` checked against ``--model`` (one line on what is wrong)."""
+    if name not in SUPERNETS:
+        raise UserError(f"--candidates applies to the supernets ({', '.join(SUPERNETS)}), "
+                        f"not to --model {name}: leave it out")
+    return proxyless_supernet.parse_candidates(candidates)
 
 
 def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:

@@ -1,0 +1,164 @@
+"""DNAL on stochastic supernets: candidate blocks and whole layers may vanish, exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import calibrate_batchnorm
+
+from hwdnal.complexity import predicted_params
+from hwdnal.errors import UserError
+from hwdnal.gated import GatedModel
+from hwdnal.gates import GateMode
+from hwdnal.models import create_model
+from hwdnal.models.proxyless_supernet import (
+    MixedLayer,
+    ProxylessSupernet,
+    describe_blocks,
+    mixed_layers,
+    parse_candidates,
+)
+from hwdnal.prune import prune_physically
+
+
+def _small_supernet() -> ProxylessSupernet:
+    """Two residual layers and one strided layer per stage, two candidates each."""
+    torch.manual_seed(0)
+    return ProxylessSupernet(10, 3, candidates=((3, 3), (5, 6)),
+                             stages=((8, 2, 1), (16, 2, 2)), stem_stride=1, stem=8, first=8,
+                             last=32)
+
+
+def _gated(net: torch.nn.Module, size: int = 16) -> tuple[GatedModel, torch.Tensor]:
+    calibrate_batchnorm(net, (4, 3, size, size))
+    x = torch.randn(2, 3, size, size)
+    return GatedModel(net, x), x
+
+
+def _off(keep: torch.Tensor, gated: GatedModel, layer: str, name: str | None = None) -> None:
+    for block in gated.blocks:
+        if block.layer == layer and (name is None or block.name == name):
+            group = gated.plan.groups[block.group]
+            keep[group.start : group.stop] = False
+
+
+def test_every_candidate_is_a_block_with_its_own_gates() -> None:
+    gated, _ = _gated(_small_supernet())
+    layers = mixed_layers(gated.model)
+    assert len(gated.blocks) == 2 * len(layers)
+    residual = {name: layer.residual for name, layer in layers.items()}
+    assert [b.residual for b in gated.blocks] == [residual[b.layer] for b in gated.blocks]
+    assert residual == {"features.4": True, "features.5": True, "features.6": False,
+                        "features.7": True}
+
+
+def test_pruned_supernet_equals_the_hard_gated_one_with_a_dropped_candidate_and_layer() -> None:
+    gated, x = _gated(_small_supernet())
+    torch.manual_seed(1)
+    keep = torch.rand(gated.plan.num_gates) < 0.7
+    _off(keep, gated, "features.4", "k3e3")  # an operation not chosen
+    _off(keep, gated, "features.5")  # a residual layer with no candidate left: removed
+    _off(keep, gated, "features.6", "k5e6")  # a strided layer keeps its other candidate
+    gated.set_keep_mask(keep)
+    gated.set_mode(GateMode.HARD)
+    with torch.no_grad():
+        expected = gated(x)
+    params = predicted_params(gated)
+
+    pruned = prune_physically(gated).eval()
+    with torch.no_grad():
+        out = pruned(x)
+
+    assert expected.abs().max() > 1e-3
+    assert (out - expected).abs().max().item() <= 1e-4
+    assert sum(p.numel() for p in pruned.parameters()) == params
+    blocks = {b["layer"]: b for b in describe_blocks(pruned)}
+    assert [k["candidate"] for k in blocks["features.4"]["kept"]] == ["k5e6"]
+    assert blocks["features.5"]["removed"] and blocks["features.5"]["kept"] == []
+    assert [k["candidate"] for k in blocks["features.6"]["kept"]] == ["k3e3"]
+    assert len(blocks["features.7"]["kept"]) == 2
+
+
+def test_a_layer_without_residual_keeps_its_most_alive_candidate() -> None:
+    gated, x = _gated(_small_supernet())
+    keep = torch.ones(gated.plan.num_gates, dtype=torch.bool)
+    _off(keep, gated, "features.6")
+    gated.set_keep_mask(keep)
+    with torch.no_grad():  # k5e6 is the least switched off of the two
+        group = gated.plan.groups[[b for b in gated.blocks if b.layer == "features.6"
+                                   and b.name == "k5e6"][0].group]
+        gated.gate.s[group.start] = -0.5
+    mask = gated.keep_mask()
+    kept = {b.name: int(mask[gated.plan.groups[b.group].start:
+                             gated.plan.groups[b.group].stop].sum())
+            for b in gated.blocks if b.layer == "features.6"}
+    assert kept == {"k3e3": 0, "k5e6": 1}
+    gated.set_mode(GateMode.HARD)
+    with torch.no_grad():
+        expected = gated(x)
+    pruned = prune_physically(gated).eval()
+    with torch.no_grad():
+        assert (pruned(x) - expected).abs().max().item() <= 1e-4
+
+
+def test_a_dropped_candidate_adds_nothing_not_its_batchnorm_shift() -> None:
+    """The block gate (the largest of its channel gates) zeroes the candidate's output."""
+    gated, x = _gated(_small_supernet())
+    keep = torch.ones(gated.plan.num_gates, dtype=torch.bool)
+    _off(keep, gated, "features.5")
+    gated.set_keep_mask(keep)
+    gated.set_mode(GateMode.HARD)
+    seen: dict[str, torch.Tensor] = {}
+    layer = gated.model.features[5]
+    handle = layer.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
+    with torch.no_grad():
+        gated(x)
+    handle.remove()
+    assert torch.equal(seen["out"], seen["inp"])
+
+
+def test_latency_of_a_dropped_candidate_vanishes() -> None:
+    gated, _ = _gated(_small_supernet())
+    keep = torch.ones(gated.plan.num_gates, dtype=torch.bool)
+    _off(keep, gated, "features.4", "k3e3")
+    gated.set_keep_mask(keep)
+    presence = gated.layer_presence(hard=True)
+    names = list(gated.plan.layers)
+    dropped = [n for n in names if n.startswith("features.4.candidates.k3e3.")]
+    assert dropped and all(presence[names.index(n)] == 0 for n in dropped)
+    assert all(presence[k] == 1 for k, n in enumerate(names) if n not in dropped)
+    # soft gates: a differentiable presence, the largest keep probability of the block
+    gated.set_mode(GateMode.SOFT)
+    soft = gated.layer_presence()
+    soft.sum().backward()
+    assert gated.gate.s.grad is not None and gated.gate.s.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("name", "size", "layers"), [("proxyless_supernet_cifar", 28, 21),
+                                                       ("proxyless_supernet", 224, 21)])
+def test_named_supernets(name: str, size: int, layers: int) -> None:
+    net = create_model(name, num_classes=10, in_channels=1).eval()
+    found = mixed_layers(net)
+    assert len(found) == layers
+    assert all(len(layer.candidates) == 6 for layer in found.values())
+    assert {k for layer in found.values() for k in layer.candidates} == {
+        "k3e3", "k3e6", "k5e3", "k5e6", "k7e3", "k7e6"}
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, size, size)).shape == (1, 10)
+
+
+def test_candidates_are_an_option() -> None:
+    net = create_model("proxyless_supernet_cifar", 10, 1, candidates="3x3,5x6")
+    assert all(list(layer.candidates) == ["k3e3", "k5e6"] for layer in mixed_layers(net).values())
+    assert parse_candidates("7x6") == ((7, 6),)
+    for bad in ("3x", "3*6", "4x6", "3x1", "3x3,3x3", ""):
+        with pytest.raises(UserError):
+            parse_candidates(bad)
+    with pytest.raises(UserError, match="applies to the supernets"):
+        create_model("resnet20", candidates="3x3")
+
+
+def test_a_layer_without_residual_refuses_to_lose_every_candidate() -> None:
+    layer = MixedLayer(8, 16, 2, ((3, 3),))
+    with pytest.raises(ValueError):
+        layer.keep_only([])
