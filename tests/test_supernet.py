@@ -85,8 +85,8 @@ def test_a_layer_without_residual_keeps_its_most_alive_candidate() -> None:
     _off(keep, gated, "features.6")
     gated.set_keep_mask(keep)
     with torch.no_grad():  # k5e6 is the least switched off of the two
-        group = gated.plan.groups[[b for b in gated.blocks if b.layer == "features.6"
-                                   and b.name == "k5e6"][0].group]
+        group = gated.plan.groups[next(b for b in gated.blocks if b.layer == "features.6"
+                                   and b.name == "k5e6").group]
         gated.gate.s[group.start] = -0.5
     mask = gated.keep_mask()
     kept = {b.name: int(mask[gated.plan.groups[b.group].start:
