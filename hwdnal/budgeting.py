@@ -67,8 +67,31 @@ def group_counts(gated: GatedModel, keep: torch.Tensor) -> list[int]:
 
 
 def minimal_counts(gated: GatedModel, multiple: int) -> list[int]:
-    """The smallest architecture allowed: one step (or the whole group, if smaller) each."""
-    return [min(max(multiple, 1), group.size) for group in gated.plan.groups]
+    """The smallest architecture allowed: one step (or the whole group, if smaller) each;
+    in a supernet no candidate at all in a residual layer, and one step of the first
+    candidate in a layer without a residual path."""
+    siblings = gated.sibling_groups()
+    counts = []
+    for k, group in enumerate(gated.plan.groups):
+        one_step = min(max(multiple, 1), group.size)
+        if k in siblings:
+            counts.append(one_step if siblings[k] and siblings[k][0] == k else 0)
+        else:
+            counts.append(one_step)
+    return counts
+
+
+def _lowest(index: int, counts: list[int], groups: list, siblings: dict[int, list[int]],
+            step: int) -> int:
+    """The fewest channels group ``index`` may keep given the others' counts: one step;
+    0 for a supernet's candidate block unless it is the last one alive in a layer without
+    a residual path."""
+    one_step = min(step, groups[index].size)
+    if index not in siblings:
+        return one_step
+    if siblings[index] and not any(counts[g] > 0 for g in siblings[index] if g != index):
+        return one_step
+    return 0
 
 
 def predicted_ms(gated: GatedModel, model: LatencyModel, keep: torch.Tensor) -> float:
@@ -99,9 +122,10 @@ def fit_to_latency(
     scores = gated.gate.s.detach().cpu().clone()
     importance = torch.sigmoid(scores * 4)  # s ranks channels; squash so no single one dominates
     step = max(multiple, 1)
-    floor = minimal_counts(gated, multiple)
-    counts = [_aligned(c, g.size, step) for c, g in zip(group_counts(gated, start),
-                                                        gated.plan.groups, strict=True)]
+    siblings = gated.sibling_groups()
+    counts = [0 if k in siblings and c == 0 else _aligned(c, g.size, step)
+              for k, (c, g) in enumerate(zip(group_counts(gated, start), gated.plan.groups,
+                                             strict=True))]
     ranked = _ranked(gated)
 
     def latency(candidate: list[int]) -> float:
@@ -115,7 +139,9 @@ def fit_to_latency(
     while current > target_ms:  # trim: most latency saved per importance lost
         best, best_ratio, best_latency = None, -1.0, current
         for index in range(len(gated.plan.groups)):
-            new_count = max(counts[index] - step, floor[index])
+            new_count = counts[index] - step
+            if new_count < min(step, gated.plan.groups[index].size):
+                new_count = _lowest(index, counts, gated.plan.groups, siblings, step)
             if new_count >= counts[index]:
                 continue
             trial = counts.copy()

@@ -197,6 +197,16 @@ class GatedModel(nn.Module):
                 keep[best.start + int(torch.argmax(s[best.start : best.stop]))] = True
         return keep
 
+    def sibling_groups(self) -> dict[int, list[int]]:
+        """For each candidate block's group in a layer WITHOUT a residual path, the groups
+        of the layer's candidates (one of them must keep channels); residual layers' blocks
+        map to an empty list (they may all go)."""
+        layers: dict[str, list[CandidateBlock]] = {}
+        for block in self.blocks:
+            layers.setdefault(block.layer, []).append(block)
+        return {b.group: ([] if b.residual else [s.group for s in layers[b.layer]])
+                for b in self.blocks}
+
     def dropped_blocks(self) -> list[CandidateBlock]:
         """The candidate blocks the keep mask removes entirely."""
         keep = self.keep_mask()

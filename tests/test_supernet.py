@@ -162,3 +162,45 @@ def test_a_layer_without_residual_refuses_to_lose_every_candidate() -> None:
     layer = MixedLayer(8, 16, 2, ((3, 3),))
     with pytest.raises(ValueError):
         layer.keep_only([])
+
+
+def test_the_smallest_supernet_drops_every_candidate_it_may() -> None:
+    from hwdnal.budgeting import _mask, _ranked, minimal_counts
+
+    gated, x = _gated(_small_supernet())
+    counts = minimal_counts(gated, 4)
+    by_block = {(b.layer, b.name): counts[b.group] for b in gated.blocks}
+    assert by_block == {("features.4", "k3e3"): 0, ("features.4", "k5e6"): 0,
+                        ("features.5", "k3e3"): 0, ("features.5", "k5e6"): 0,
+                        ("features.6", "k3e3"): 4, ("features.6", "k5e6"): 0,
+                        ("features.7", "k3e3"): 0, ("features.7", "k5e6"): 0}
+    gated.set_keep_mask(_mask(gated, _ranked(gated), counts))
+    smallest = prune_physically(gated).eval()
+    blocks = {b["layer"]: b for b in describe_blocks(smallest)}
+    assert [b["removed"] for b in blocks.values()] == [True, True, False, True]
+    with torch.no_grad():
+        assert smallest(x).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_a_budgeted_search_chooses_blocks_and_meets_the_budget(tmp_path, monkeypatch) -> None:
+    """The whole flow on a supernet: profile, architecture, fit by measuring, prune,
+    finetune, compile; result.json says which candidates each layer kept."""
+    from tiny_run import quick_target
+
+    from hwdnal.search import DnalSearch, SearchConfig
+
+    monkeypatch.chdir(tmp_path)  # the LUT lands in ./profiles
+    config = SearchConfig(model="toy_models:tiny_supernet", data="synthetic", input_size=16,
+                          train_subset=256, test_subset=128, batch_size=64, epochs_weights=1,
+                          epochs_arch=2, epochs_finetune=1, budget="55%",
+                          target=str(quick_target(tmp_path)))
+    result = DnalSearch(config, tmp_path / "run").run()
+    assert result["budget_met"]
+    assert result["compiled"]["cpu-quick"]["median_ms"] <= result["budget_ms"] * 1.05
+    layers = [b["layer"] for b in result["blocks"]]
+    assert layers == ["features.4", "features.5", "features.6", "features.7"]
+    dropped = sum(2 - len(b["kept"]) for b in result["blocks"])
+    assert dropped >= 1, "a 55% budget on this supernet is met by dropping whole candidates"
+    pruned = torch.load(tmp_path / "run" / "pruned.pt", weights_only=False)
+    assert describe_blocks(pruned) == result["blocks"]

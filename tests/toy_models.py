@@ -102,3 +102,12 @@ class SharedConvNet(nn.Module):
         y = self.conv(x)
         x = torch.cat([torch.relu(self.bn(y)), self.side(y)], dim=1)
         return self.fc(x.mean((2, 3)))
+
+
+def tiny_supernet(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """A supernet small enough to search in a test: 4 searchable layers of 2 candidates."""
+    from hwdnal.models.proxyless_supernet import ProxylessSupernet
+
+    return ProxylessSupernet(num_classes, in_channels, candidates=((3, 3), (5, 6)),
+                             stages=((8, 2, 1), (16, 2, 2)), stem_stride=1, stem=8, first=8,
+                             last=32)

@@ -28,8 +28,11 @@ def align_keep_mask(gated, keep: torch.Tensor, multiple: int) -> torch.Tensor:
     """
     keep = keep.detach().cpu().bool().clone()
     scores = gated.gate.s.detach().cpu().float()
-    for group in gated.plan.groups:
+    optional = {block.group for block in getattr(gated, "blocks", [])}
+    for k, group in enumerate(gated.plan.groups):
         part = keep[group.start : group.stop]
+        if k in optional and not bool(part.any()):
+            continue  # a supernet's dropped candidate block stays dropped
         target = aligned_count(int(part.sum()), group.size, multiple)
         if target == int(part.sum()):
             continue

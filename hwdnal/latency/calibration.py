@@ -32,15 +32,30 @@ def random_keep_mask(
     Independent widths per group would make every sample's total latency alike (a sum of
     many independent terms); a shared ρ spreads the samples from small to dense, which is
     what a fit of scale and offset needs and the range a search moves through.
+
+    In a supernet each candidate block is also dropped whole with probability 1 - ρ (a
+    layer without a residual path keeping its first candidate if all were drawn), so the
+    calibration sees what a search makes: operations and layers gone, not only narrowed.
     """
     keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
     if rho is None:
         rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
-    for group in gated.plan.groups:
+    siblings = gated.sibling_groups()
+    dropped = set()
+    for k, group in enumerate(gated.plan.groups):
         ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
         kept = aligned_count(round(ratio * group.size), group.size, multiple)
         chosen = torch.randperm(group.size, generator=generator)[:kept]
+        if k in siblings and float(torch.rand((), generator=generator)) > rho:
+            dropped.add(k)
+            continue
         keep[group.start + chosen] = True
+    for k in dropped:  # a layer without a residual path keeps one candidate
+        layer = siblings[k]
+        if layer and layer[0] == k and all(g in dropped for g in layer):
+            group = gated.plan.groups[k]
+            kept = aligned_count(round(rho * group.size), group.size, multiple)
+            keep[group.start : group.start + kept] = True
     return keep
 
 
