@@ -24,6 +24,7 @@ PLOTS = {
     "channels": "channels_per_layer.png",
     "latency": "latency_per_layer.png",
     "architecture": "architecture_stage.png",
+    "blocks": "chosen_blocks.png",
 }
 _DENSE, _PRUNED, _BUDGET = "#9aa5b1", "#1f77b4", "#d62728"
 
@@ -66,6 +67,9 @@ def write_report(run_dir: str | Path) -> Path:
         )
     else:
         missing["architecture"] = "result.json records no architecture stage (arch_curve)"
+
+    if result.get("blocks"):
+        plots["blocks"] = _plot_blocks(folder / PLOTS["blocks"], result["blocks"])
 
     for key, name in PLOTS.items():  # a plot from an earlier report must not outlive its data
         if key not in plots and (folder / name).exists():
@@ -147,6 +151,71 @@ def _plot_bars(
     axes.legend(ncols=2, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False,
                 fontsize=8)
     return _save(figure, path)
+
+
+def _plot_blocks(path: Path, blocks: Sequence[dict[str, Any]]) -> Path:
+    """The chosen architecture of a supernet: one column per searchable layer, one row per
+    candidate; a cell's shade is the share of the candidate's expanded channels kept
+    (blank: dropped), a grey column a layer removed."""
+    from matplotlib import colormaps
+
+    names = list(dict.fromkeys(c for b in blocks for c in
+                               [*(k["candidate"] for k in b["kept"]), *b.get("dropped", [])]))
+    figure = _figure(min(max(6.0, 0.42 * len(blocks) + 2.5), 28.0), 1.8 + 0.42 * len(names))
+    axes = figure.add_subplot()
+    shades = colormaps["Blues"]
+    for x, block in enumerate(blocks):
+        if block["removed"]:
+            axes.add_patch(_rectangle(x - 0.5, -0.5, 1, len(names), "#d9d9d9"))
+            axes.text(x, len(names) / 2 - 0.5, "removed", rotation=90, ha="center",
+                      va="center", fontsize=7, color="#555555")
+            continue
+        for kept in block["kept"]:
+            y = names.index(kept["candidate"])
+            share = kept["channels"] / kept["of"] if kept.get("of") else 1.0
+            axes.add_patch(_rectangle(x - 0.45, y - 0.45, 0.9, 0.9,
+                                      shades(0.3 + 0.7 * share)))
+            axes.text(x, y, str(kept["channels"]), ha="center", va="center", fontsize=6,
+                      color="white" if share > 0.5 else "black")
+    axes.set_xlim(-0.5, len(blocks) - 0.5)
+    axes.set_ylim(len(names) - 0.5, -0.5)
+    axes.set_xticks(range(len(blocks)))
+    axes.set_xticklabels([b["layer"] + ("" if b["residual"] else " *") for b in blocks],
+                         rotation=90, fontsize=7)
+    axes.set_yticks(range(len(names)))
+    axes.set_yticklabels(names, fontsize=8)
+    axes.set_title("Chosen blocks: expanded channels kept per candidate\n"
+                   "blank: dropped · grey: layer removed · *: no residual path", fontsize=9,
+                   loc="left")
+    return _save(figure, path)
+
+
+def _rectangle(x: float, y: float, width: float, height: float, color: Any) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), width, height, color=color, linewidth=0)
+
+
+def _blocks_section(result: dict[str, Any], plots: dict[str, Path],
+                    missing: dict[str, str], run: Path) -> list[str]:
+    blocks = result.get("blocks")
+    if not blocks:
+        return []
+    removed = sum(1 for b in blocks if b["removed"])
+    dropped = sum(len(b.get("dropped", [])) for b in blocks)
+    lines = ["## Chosen blocks", "",
+             f"{len(blocks)} searchable layers: {removed} removed, {dropped} candidate "
+             "block(s) dropped; where several candidates survive, their outputs stay "
+             "summed.", ""]
+    lines += _plot_lines(plots, missing, "blocks", "chosen blocks", run)
+    lines += ["| layer | residual | kept: candidate (expanded channels) | dropped |",
+              "|---|:---:|---|---|"]
+    for block in blocks:
+        kept = ", ".join(f"{k['candidate']} ({k['channels']}"
+                         + (f"/{k['of']}" if k.get("of") else "") + ")" for k in block["kept"])
+        lines.append(f"| {block['layer']} | {'yes' if block['residual'] else 'no'} | "
+                     f"{kept or '**layer removed**'} | {', '.join(block.get('dropped', []))} |")
+    return [*lines, ""]
 
 
 def _plot_architecture(
@@ -246,6 +315,7 @@ def _markdown(
                   f"`--budget`); {where}, and a budgeted search records dense and pruned.", ""]
     lines += _compiled_section(result)
     lines += _stages_section(result)
+    lines += _blocks_section(result, plots, missing, run)
     lines += ["## Channels kept per layer", ""]
     lines += _plot_lines(plots, missing, "channels", "channels kept per layer", run)
     lines += _groups_table(result)

@@ -331,7 +331,7 @@ class DnalSearch:
             "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
                           "config": "config.json"},
         }
-        blocks = describe_blocks(pruned)
+        blocks = describe_blocks(pruned, dense)
         if blocks:  # a supernet: which operations were chosen, which layers removed
             result["blocks"] = blocks
         if self.latency.lut_path:

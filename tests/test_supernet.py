@@ -75,6 +75,10 @@ def test_pruned_supernet_equals_the_hard_gated_one_with_a_dropped_candidate_and_
     blocks = {b["layer"]: b for b in describe_blocks(pruned)}
     assert [k["candidate"] for k in blocks["features.4"]["kept"]] == ["k5e6"]
     assert blocks["features.5"]["removed"] and blocks["features.5"]["kept"] == []
+    with_dense = {b["layer"]: b for b in describe_blocks(pruned, _small_supernet())}
+    assert with_dense["features.4"]["dropped"] == ["k3e3"]
+    assert with_dense["features.5"]["dropped"] == ["k3e3", "k5e6"]
+    assert with_dense["features.4"]["kept"][0]["of"] == 48
     assert [k["candidate"] for k in blocks["features.6"]["kept"]] == ["k3e3"]
     assert len(blocks["features.7"]["kept"]) == 2
 
@@ -203,4 +207,35 @@ def test_a_budgeted_search_chooses_blocks_and_meets_the_budget(tmp_path, monkeyp
     dropped = sum(2 - len(b["kept"]) for b in result["blocks"])
     assert dropped >= 1, "a 55% budget on this supernet is met by dropping whole candidates"
     pruned = torch.load(tmp_path / "run" / "pruned.pt", weights_only=False)
-    assert describe_blocks(pruned) == result["blocks"]
+    assert [{**b, "kept": [{k: v for k, v in c.items() if k != "of"} for c in b["kept"]],
+             "dropped": []} for b in result["blocks"]] == describe_blocks(pruned)
+    for block in result["blocks"]:
+        assert sorted([*[c["candidate"] for c in block["kept"]], *block["dropped"]]) == [
+            "k3e3", "k5e6"]
+        assert all(0 < c["channels"] <= c["of"] for c in block["kept"])
+
+
+def test_the_report_draws_the_chosen_blocks(tmp_path) -> None:
+    import json
+
+    from hwdnal.report import write_report
+
+    blocks = [
+        {"layer": "features.4", "residual": True, "kept": [
+            {"candidate": "k5e6", "kernel": 5, "expansion": 6, "channels": 16, "of": 48}],
+         "dropped": ["k3e3"], "removed": False},
+        {"layer": "features.5", "residual": True, "kept": [], "dropped": ["k3e3", "k5e6"],
+         "removed": True},
+        {"layer": "features.6", "residual": False, "kept": [
+            {"candidate": "k3e3", "kernel": 3, "expansion": 3, "channels": 8, "of": 24},
+            {"candidate": "k5e6", "kernel": 5, "expansion": 6, "channels": 48, "of": 48}],
+         "dropped": [], "removed": False},
+    ]
+    (tmp_path / "result.json").write_text(json.dumps({"model": "m", "data": "d",
+                                                       "blocks": blocks}))
+    text = write_report(tmp_path).read_text()
+    assert "## Chosen blocks" in text
+    assert "3 searchable layers: 1 removed, 3 candidate block(s) dropped" in text
+    assert "| features.5 | yes | **layer removed** | k3e3, k5e6 |" in text
+    assert "| features.6 | no | k3e3 (8/24), k5e6 (48/48) |  |" in text
+    assert (tmp_path / "report" / "chosen_blocks.png").stat().st_size > 2000

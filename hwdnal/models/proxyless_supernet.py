@@ -160,16 +160,28 @@ def mixed_layers(model: nn.Module) -> dict[str, MixedLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MixedLayer)}
 
 
-def describe_blocks(model: nn.Module) -> list[dict[str, object]]:
-    """For every searchable layer: the candidates kept (with their expanded channels) and
-    whether the layer was removed — what ``result.json``'s ``blocks`` holds."""
+def describe_blocks(model: nn.Module, supernet: nn.Module | None = None
+                    ) -> list[dict[str, object]]:
+    """For every searchable layer of ``model`` (a pruned supernet): the candidates kept with
+    their expanded channels (and, given the ``supernet`` it came from, out of how many),
+    the candidates dropped, and whether the layer was removed — ``result.json``'s
+    ``blocks``."""
+    before = mixed_layers(supernet) if supernet is not None else {}
     blocks = []
     for name, layer in mixed_layers(model).items():
-        kept = [{"candidate": key, "kernel": block.kernel, "expansion": block.expansion,
-                 "channels": int(block.expanded.out_channels)}
-                for key, block in layer.candidates.items()]
+        original = before.get(name)
+        kept = []
+        for key, block in layer.candidates.items():
+            entry: dict[str, object] = {"candidate": key, "kernel": block.kernel,
+                                        "expansion": block.expansion,
+                                        "channels": int(block.expanded.out_channels)}
+            if original is not None:
+                entry["of"] = int(original.candidates[key].expanded.out_channels)
+            kept.append(entry)
+        dropped = [key for key in (original.candidates if original is not None else [])
+                   if key not in layer.candidates]
         blocks.append({"layer": name, "residual": layer.residual, "kept": kept,
-                       "removed": not kept})
+                       "dropped": dropped, "removed": not kept})
     return blocks
 
 
