@@ -43,6 +43,18 @@ def test_unknown_model(tmp_path: Path):
     assert not (tmp_path / "run").exists(), "bad input leaves no run directory behind"
 
 
+@pytest.mark.parametrize(("model", "candidates", "words"), [
+    ("resnet20", "3x3", ("applies to the supernets", "resnet20")),
+    ("proxyless_supernet_cifar", "3x3,5", ("'5' is not kernel x expansion", "3x3,3x6")),
+    ("proxyless_supernet_cifar", "4x6", ("kernel must be odd",)),
+])
+def test_malformed_candidates(tmp_path: Path, model: str, candidates: str,
+                              words: tuple[str, ...]):
+    assert_clear_error(search(tmp_path, *FAST, "--model", model, "--candidates", candidates),
+                       *words)
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_target(tmp_path: Path):
     assert_clear_error(search(tmp_path, *FAST, "--target", "tpu9"), "unknown target 'tpu9'",
                        "cpu")

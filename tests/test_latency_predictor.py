@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from latency_helpers import synthetic_lut
@@ -88,3 +89,21 @@ def test_alignment_rounds_each_group_to_the_preferred_step() -> None:
         kept = int(aligned[group.start : group.stop].sum())
         assert kept % 8 == 0 or kept == group.size
     assert torch.equal(align_keep_mask(gated, aligned, 8), aligned)
+
+
+def test_calibration_learns_a_per_layer_cost_when_layers_vanish():
+    """Supernet sub-networks lose whole candidate blocks: a layer measured alone carries a
+    fixed cost the whole network does not, and the fit finds it from the layer counts."""
+    rng = np.random.default_rng(0)
+    layers = rng.integers(40, 250, size=12).astype(float)
+    raw = 0.01 * layers + rng.uniform(0.5, 8.0, size=12)
+    measured = 1.1 * raw - 0.004 * layers + 0.2
+    fit = fit_correction(raw, np.zeros(12), measured, layers, smallest_layer_ms=0.006)
+    assert fit.per_layer_ms == pytest.approx(-0.004, abs=1e-6)
+    assert fit.scale == pytest.approx(1.1, rel=1e-6)
+    # constant layer counts (a CNN's sub-networks): no per-layer term
+    same = fit_correction(raw, np.zeros(12), 1.1 * raw + 0.2, np.full(12, 60.0), 0.006)
+    assert same.per_layer_ms == 0.0
+    # a per-layer term that would make a layer cost less than nothing is refused
+    steep = fit_correction(raw, np.zeros(12), 1.1 * raw - 0.02 * layers + 5.0, layers, 0.006)
+    assert steep.per_layer_ms == 0.0

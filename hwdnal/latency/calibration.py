@@ -34,8 +34,10 @@ def random_keep_mask(
     what a fit of scale and offset needs and the range a search moves through.
 
     In a supernet each candidate block is also dropped whole with probability 1 - ρ (a
-    layer without a residual path keeping its first candidate if all were drawn), so the
-    calibration sees what a search makes: operations and layers gone, not only narrowed.
+    layer without a residual path keeping its first candidate if all were drawn), and the
+    candidates' widths are drawn independently of ρ (log-uniform), so the calibration sees
+    what a search makes: operations and layers gone, many narrow branches, and layer
+    counts that vary apart from the summed table latency (the per-layer term's signal).
     """
     keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
     if rho is None:
@@ -44,6 +46,10 @@ def random_keep_mask(
     dropped = set()
     for k, group in enumerate(gated.plan.groups):
         ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
+        if k in siblings:  # candidate widths log-uniform from one step to all, independently:
+            # searched supernets keep many narrow candidates, which a shared ρ never draws
+            narrowest = min(1.0, max(multiple, 1) / group.size)
+            ratio = narrowest ** float(torch.rand((), generator=generator))
         kept = aligned_count(round(ratio * group.size), group.size, multiple)
         chosen = torch.randperm(group.size, generator=generator)[:kept]
         if k in siblings and float(torch.rand((), generator=generator)) > rho:
@@ -86,9 +92,14 @@ class Fit:
     scale: float
     memory_ms_per_melem: float
     offset_ms: float
+    #: per layer present: the fixed cost a layer measured alone carries and a whole network
+    #: does not (negative), or one it adds (positive); fitted only when the samples' layer
+    #: counts differ, i.e. for supernets, whose candidate blocks vanish whole
+    per_layer_ms: float = 0.0
 
-    def predict(self, raw_ms: float, activations: float) -> float:
-        return self.scale * raw_ms + self.memory_ms_per_melem * activations + self.offset_ms
+    def predict(self, raw_ms: float, activations: float, layers: float = 0.0) -> float:
+        return (self.scale * raw_ms + self.memory_ms_per_melem * activations
+                + self.per_layer_ms * layers + self.offset_ms)
 
 
 #: fewer samples than this fit scale and offset only
@@ -98,13 +109,22 @@ MEMORY_TERM_GAIN = 0.15
 
 
 def fit_correction(
-    raw_ms: Sequence[float], activations: Sequence[float], measured_ms: Sequence[float]
+    raw_ms: Sequence[float], activations: Sequence[float], measured_ms: Sequence[float],
+    layers: Sequence[float] | None = None, smallest_layer_ms: float = 0.0,
 ) -> Fit:
     """Coefficients minimising Σ ((scale·raw + memory·act + offset − measured) / measured)².
 
     Scale must come out positive and memory non-negative (more channels never predict less
-    latency); otherwise the memory term is dropped, then the offset.
+    latency); otherwise the memory term is dropped, then the offset. Where the samples'
+    ``layers`` (layers present) differ — a supernet's sub-networks lose whole candidate
+    blocks — a per-layer term is fitted too, kept if it lowers the leave-one-out error and
+    leaves every layer a positive cost (``scale·smallest_layer_ms + per_layer > 0``).
     """
+    if layers is not None and len(layers) >= MIN_SAMPLES_FOR_MEMORY and \
+            np.ptp(np.asarray(layers, dtype=np.float64)) > 0:
+        with_layers = _fit_with_layers(raw_ms, measured_ms, layers, smallest_layer_ms)
+        if with_layers is not None:
+            return with_layers
     raw = np.asarray(raw_ms, dtype=np.float64)
     act = np.asarray(activations, dtype=np.float64)
     measured = np.asarray(measured_ms, dtype=np.float64)
@@ -124,6 +144,21 @@ def fit_correction(
     if not (math.isfinite(scale) and scale > 0):  # degenerate samples: a pure ratio
         return Fit(float(np.median(measured / raw)), 0.0, 0.0)
     return Fit(float(scale), 0.0, float(offset))
+
+
+def _fit_with_layers(raw_ms: Sequence[float], measured_ms: Sequence[float],
+                     layers: Sequence[float], smallest_layer_ms: float) -> Fit | None:
+    raw = np.asarray(raw_ms, dtype=np.float64)
+    count = np.asarray(layers, dtype=np.float64)
+    weights = 1.0 / np.asarray(measured_ms, dtype=np.float64)
+    plain = np.stack([raw * weights, weights], axis=1)
+    full = np.stack([raw * weights, count * weights, weights], axis=1)
+    (scale, per_layer, offset), *_ = np.linalg.lstsq(full, np.ones_like(raw), rcond=None)
+    valid = (math.isfinite(scale) and scale > 0 and math.isfinite(per_layer)
+             and scale * smallest_layer_ms + per_layer > 0)
+    if valid and _loo_error(full) < (1 - MEMORY_TERM_GAIN) * _loo_error(plain):
+        return Fit(float(scale), 0.0, float(offset), float(per_layer))
+    return None
 
 
 def _loo_error(design: np.ndarray) -> float:

@@ -76,6 +76,8 @@ class Calibration:
     scale: float = 1.0
     memory_ms_per_melem: float = 0.0
     offset_ms: float = 0.0
+    #: per layer present (supernets: layers vanish with their candidate block)
+    per_layer_ms: float = 0.0
     samples: int = 0
     dense_measured_ms: float | None = None
     dense_raw_ms: float | None = None
@@ -188,7 +190,8 @@ def lut_from_dict(data: Any, where: str = "<lut>") -> Lut:
         raise bad(f"calibration: {error}") from None
     scale, offset = calibration.scale, calibration.offset_ms
     memory = calibration.memory_ms_per_melem
-    if not (_finite(scale) and scale > 0 and _finite(offset) and _finite(memory) and memory >= 0):
+    if not (_finite(scale) and scale > 0 and _finite(offset) and _finite(memory) and memory >= 0
+            and _finite(calibration.per_layer_ms)):
         raise bad("calibration scale must be positive, memory non-negative, offset a number")
     validation = data.get("validation")
     if validation is not None and not isinstance(validation, dict):

@@ -137,8 +137,12 @@ def _profile(
     )
     validation_nets = random_subnetworks(model, example[:1], validate, seed + 7919, multiple)
     prefix = f"net | {model_id} | seed{seed} | m{multiple}"
-    named += [(f"{prefix} | strat-cal{i}", n) for i, n in enumerate(calibration_nets)]
-    named += [(f"{prefix} | val{i}", n) for i, n in enumerate(validation_nets)]
+    # each key names the sub-network's own architecture too: a cached measurement never
+    # stands for another network (a changed sampler draws other ones for the same index)
+    named += [(f"{prefix} | strat-cal{i} | {_architecture_id(n, input_shape)}", n)
+              for i, n in enumerate(calibration_nets)]
+    named += [(f"{prefix} | val{i} | {_architecture_id(n, input_shape)}", n)
+              for i, n in enumerate(validation_nets)]
     note = _check_cached_networks(named, measurer, input_shape, cache)
     networks_now = _measure_networks(named, measurer, input_shape, cache, progress, seed)
     measured = {key: cache.get(key) for key, _ in named}
@@ -148,12 +152,14 @@ def _profile(
     fit_keys = [key for key, _ in named if "| val" not in key]
     fit = fit_correction(
         [features[k][0] for k in fit_keys], [features[k][1] for k in fit_keys],
-        [measured[k].median_ms for k in fit_keys],
+        [measured[k].median_ms for k in fit_keys], [features[k][2] for k in fit_keys],
+        predictor.smallest_layer_ms(),
     )
     dense_key = named[0][0]
     lut.calibration = Calibration(
         scale=fit.scale, memory_ms_per_melem=fit.memory_ms_per_melem, offset_ms=fit.offset_ms,
-        samples=len(fit_keys), dense_measured_ms=measured[dense_key].median_ms,
+        per_layer_ms=fit.per_layer_ms, samples=len(fit_keys),
+        dense_measured_ms=measured[dense_key].median_ms,
         dense_raw_ms=raw[dense_key],
         points=[_point(raw[k], fit.predict(*features[k]), measured[k]) for k in fit_keys],
     )
@@ -416,12 +422,14 @@ def recalibrate(
     features = {key: predictor.features_module(net) for key, net in named}
     keys = [key for key, _ in named]
     fit = fit_correction([features[k][0] for k in keys], [features[k][1] for k in keys],
-                         [measured[k].median_ms for k in keys])
+                         [measured[k].median_ms for k in keys], [features[k][2] for k in keys],
+                         predictor.smallest_layer_ms())
     corrected = copy.deepcopy(lut)
     dense_key = keys[0]
     corrected.calibration = Calibration(
         scale=fit.scale, memory_ms_per_melem=fit.memory_ms_per_melem, offset_ms=fit.offset_ms,
-        samples=len(keys), dense_measured_ms=measured[dense_key].median_ms,
+        per_layer_ms=fit.per_layer_ms, samples=len(keys),
+        dense_measured_ms=measured[dense_key].median_ms,
         dense_raw_ms=features[dense_key][0],
         points=[_point(features[k][0], fit.predict(*features[k]), measured[k]) for k in keys],
     )

@@ -145,23 +145,26 @@ class LatencyModel:
         per_channel = self.tables(out_channels.device).melem_per_channel
         return (out_channels.to(torch.float64) * per_channel).sum()
 
-    def calibrate(self, raw_ms: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    def calibrate(self, raw_ms: torch.Tensor, activations: torch.Tensor,
+                  layers: torch.Tensor | float = 0.0) -> torch.Tensor:
         cal = self.lut.calibration
-        return cal.scale * raw_ms + cal.memory_ms_per_melem * activations + cal.offset_ms
+        return (cal.scale * raw_ms + cal.memory_ms_per_melem * activations
+                + cal.per_layer_ms * layers + cal.offset_ms)
 
     def predict_vectors(
         self, in_channels: torch.Tensor, out_channels: torch.Tensor
     ) -> torch.Tensor:
         """Calibrated prediction (ms, float64) for ``[L]`` counts in LUT layer order."""
-        raw = self.layer_latencies(in_channels, out_channels,
-                                   _present(in_channels, out_channels)).sum()
-        return self.calibrate(raw, self._activations(out_channels))
+        present = _present(in_channels, out_channels)
+        raw = self.layer_latencies(in_channels, out_channels, present).sum()
+        return self.calibrate(raw, self._activations(out_channels), present.sum())
 
     def predict_present(self, in_channels: torch.Tensor, out_channels: torch.Tensor,
                         presence: torch.Tensor) -> torch.Tensor:
         """:meth:`predict_vectors` with explicit (differentiable) layer presence."""
         raw = self.layer_latencies(in_channels, out_channels, presence).sum()
-        return self.calibrate(raw, self._activations(out_channels))
+        return self.calibrate(raw, self._activations(out_channels),
+                              presence.to(raw.dtype).sum())
 
     def predict_counts(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
         """Calibrated prediction (ms) for ``{layer name: (in, out)}`` channel counts."""
@@ -226,11 +229,20 @@ class LatencyModel:
             counts[name] = (cin, cout)
         return counts
 
-    def features_module(self, module: nn.Module) -> tuple[float, float]:
-        """(Σ LUT ms, Σ output elements in millions) of a plain network: what calibration fits."""
+    def features_module(self, module: nn.Module) -> tuple[float, float, float]:
+        """(Σ LUT ms, Σ output elements in millions, layers present) of a plain network:
+        what calibration fits."""
         counts = self.module_counts(module)
         with torch.no_grad():
-            return float(self.raw(counts)), float(self.activations(counts))
+            cin, cout = self._vectors(counts)
+            return (float(self.raw(counts)), float(self.activations(counts)),
+                    float(_present(cin, cout).sum()))
+
+    def smallest_layer_ms(self) -> float:
+        """The cheapest entry of any layer's table: a bound on a fixed per-layer cost."""
+        values = [v for entry in self.lut.entries.values() for row in entry.latency_ms
+                  for v in row]
+        return min(values) if values else 0.0
 
     def predict_module(self, module: nn.Module) -> float:
         """Predicted latency (ms) of a plain network: the dense model or a pruned one."""
