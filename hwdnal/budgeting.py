@@ -138,9 +138,10 @@ def fit_to_latency(
     current = latency(counts)
     while current > target_ms:  # trim: most latency saved per importance lost
         best, best_ratio, best_latency = None, -1.0, current
-        # far above the target, a move removes a quarter of a group (in channel steps), so
-        # that a supernet's thousands of channels are trimmed in tens of moves, not thousands
-        far = current > 1.25 * target_ms
+        # a supernet far above the target: a move removes a quarter of a group (in channel
+        # steps), so that its tens of thousands of channels are trimmed in tens of moves
+        # (CNNs keep single steps: their fits land in a round or two as they are)
+        far = bool(gated.blocks) and current > 1.25 * target_ms
         for index in range(len(gated.plan.groups)):
             chunk = max(step, step * (counts[index] // 4 // step)) if far else step
             new_count = counts[index] - chunk
