@@ -25,9 +25,9 @@ def predicted_params(gated: GatedModel) -> int:
     candidate blocks, BatchNorms included) are removed."""
     counts = {c.name: c for c in gated.channel_counts(hard=True)}
     keep = torch.cat([gated.keep_mask().cpu(), torch.ones(1, dtype=torch.bool)])
-    accounted: set[int] = {id(p) for block in gated.dropped_blocks()
-                           for p in block.module.parameters()}
-    removed = {id(m) for block in gated.dropped_blocks() for m in block.module.modules()}
+    dropped = gated.dropped_blocks()
+    accounted: set[int] = {id(p) for block in dropped for p in block.module.parameters()}
+    removed = {id(m) for block in dropped for m in block.module.modules()}
     total = 0
     for name, layer in gated.plan.layers.items():
         module = layer.module

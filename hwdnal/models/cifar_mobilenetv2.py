@@ -13,8 +13,9 @@ _STAGES = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
            (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-def _conv_bn(inp: int, out: int, kernel: int, stride: int, groups: int = 1,
-             act: bool = True) -> list[nn.Module]:
+def conv_bn(inp: int, out: int, kernel: int, stride: int, groups: int = 1,
+            act: bool = True) -> list[nn.Module]:
+    """Conv (no bias), BatchNorm and, unless ``act`` is off, ReLU6: MobileNet's unit."""
     layers: list[nn.Module] = [
         nn.Conv2d(inp, out, kernel, stride, kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out),
@@ -31,9 +32,9 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and inp == out
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers += _conv_bn(inp, hidden, 1, 1)
-        layers += _conv_bn(hidden, hidden, 3, stride, groups=hidden)
-        layers += _conv_bn(hidden, out, 1, 1, act=False)
+            layers += conv_bn(inp, hidden, 1, 1)
+        layers += conv_bn(hidden, hidden, 3, stride, groups=hidden)
+        layers += conv_bn(hidden, out, 1, 1, act=False)
         self.block = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,13 +44,13 @@ class InvertedResidual(nn.Module):
 class CifarMobileNetV2(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = list(_conv_bn(in_channels, 32, 3, 1))
+        layers: list[nn.Module] = list(conv_bn(in_channels, 32, 3, 1))
         channels = 32
         for expansion, out, repeats, stride in _STAGES:
             for i in range(repeats):
                 layers.append(InvertedResidual(channels, out, stride if i == 0 else 1, expansion))
                 channels = out
-        layers += _conv_bn(channels, 1280, 1, 1)
+        layers += conv_bn(channels, 1280, 1, 1)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(1280, num_classes)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from hwdnal.errors import UserError
+from hwdnal.models.cifar_mobilenetv2 import conv_bn
 
 #: (kernel, expansion) of every candidate of a searchable layer: ProxylessNAS's space
 DEFAULT_CANDIDATES: tuple[tuple[int, int], ...] = ((3, 3), (3, 6), (5, 3), (5, 6), (7, 3), (7, 6))
@@ -26,17 +27,6 @@ _STAGES = [(24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1,
 #: the same widths for 28-32 px inputs: stride 1 in the stem and the first stage, as in
 #: ``mobilenet_v2_cifar``, so a 32x32 image ends at 4x4
 _CIFAR_STAGES = [(24, 4, 1), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1)]
-
-
-def _conv_bn(inp: int, out: int, kernel: int, stride: int, groups: int = 1,
-             act: bool = True) -> list[nn.Module]:
-    layers: list[nn.Module] = [
-        nn.Conv2d(inp, out, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out),
-    ]
-    if act:
-        layers.append(nn.ReLU6(inplace=True))
-    return layers
 
 
 class MBConv(nn.Module):
@@ -49,9 +39,9 @@ class MBConv(nn.Module):
         self.kernel, self.expansion = kernel, expansion
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers += _conv_bn(inp, hidden, 1, 1)
-        layers += _conv_bn(hidden, hidden, kernel, stride, groups=hidden)
-        layers += _conv_bn(hidden, out, 1, 1, act=False)
+            layers += conv_bn(inp, hidden, 1, 1)
+        layers += conv_bn(hidden, hidden, kernel, stride, groups=hidden)
+        layers += conv_bn(hidden, out, 1, 1, act=False)
         self.block = nn.Sequential(*layers)
 
     @property
@@ -99,14 +89,14 @@ class ProxylessSupernet(nn.Module):
                  stem: int = 32, first: int = 16, last: int = 1280) -> None:
         super().__init__()
         candidates = check_candidates(candidates)
-        layers: list[nn.Module] = [*_conv_bn(in_channels, stem, 3, stem_stride),
+        layers: list[nn.Module] = [*conv_bn(in_channels, stem, 3, stem_stride),
                                    MBConv(stem, first, 1, 3, 1)]
         channels = first
         for out, repeats, stride in stages:
             for i in range(repeats):
                 layers.append(MixedLayer(channels, out, stride if i == 0 else 1, candidates))
                 channels = out
-        layers += _conv_bn(channels, last, 1, 1)
+        layers += conv_bn(channels, last, 1, 1)
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
