@@ -31,6 +31,7 @@ from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.latency.cache import MeasurementCache
+from hwdnal.latency.group_counts import GroupCountLatency
 from hwdnal.latency.pipeline import DEFAULT_TOLERANCE, RealityCheck
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.loss_terms import GateLossTerm
@@ -118,68 +119,90 @@ def fit_to_latency(
     multiple: int,
     start: torch.Tensor,
 ) -> torch.Tensor:
-    """The keep mask nearest ``start`` whose predicted latency is at most ``target_ms``."""
+    """The keep mask nearest ``start`` whose predicted latency is at most ``target_ms``.
+
+    Each move weighs one step of every group; all of a move's candidate architectures are
+    predicted in one batch (:class:`GroupCountLatency`) when ``model`` is a LUT's model.
+    """
     scores = gated.gate.s.detach().cpu().clone()
-    importance = torch.sigmoid(scores * 4)  # s ranks channels; squash so no single one dominates
-    step = max(multiple, 1)
+    importance = torch.sigmoid(scores * 4).double()  # s ranks channels; squash so no single
+    step = max(multiple, 1)                          # one dominates
     siblings = gated.sibling_groups()
+    groups = gated.plan.groups
     counts = [0 if k in siblings and c == 0 else _aligned(c, g.size, step)
-              for k, (c, g) in enumerate(zip(group_counts(gated, start), gated.plan.groups,
-                                             strict=True))]
+              for k, (c, g) in enumerate(zip(group_counts(gated, start), groups, strict=True))]
     ranked = _ranked(gated)
+    # importance of group k's first n channels (in keeping order): worth[k][n]
+    worth = [torch.cat([torch.zeros(1, dtype=torch.float64),
+                        torch.cumsum(importance[g.start + order], 0)]).tolist()
+             for g, order in zip(groups, ranked, strict=True)]
+    latencies = _latencies_of_counts(gated, model, ranked)
 
-    def latency(candidate: list[int]) -> float:
-        return predicted_ms(gated, model, _mask(gated, ranked, candidate))
+    def best_move(moves: list[tuple[int, int]],
+                  ratio_of: Callable[[int, int, float], float | None]
+                  ) -> tuple[int, int, float] | None:
+        """The move with the highest ratio (the first one on a tie) and its latency."""
+        if not moves:
+            return None
+        trials = []
+        for index, new_count in moves:
+            trial = counts.copy()
+            trial[index] = new_count
+            trials.append(trial)
+        best, best_ratio = None, -1.0
+        for (index, new_count), latency in zip(moves, latencies(trials), strict=True):
+            ratio = ratio_of(index, new_count, latency)
+            if ratio is not None and ratio > best_ratio:
+                best, best_ratio = (index, new_count, latency), ratio
+        return best
 
-    def worth(group: int, low: int, high: int) -> float:
-        g = gated.plan.groups[group]
-        return float(importance[g.start + ranked[group][low:high]].sum())
+    def saved_per_worth_lost(index: int, new_count: int, latency: float) -> float:
+        lost = worth[index][counts[index]] - worth[index][new_count]
+        return (current - latency) / (1e-6 + lost)
 
-    current = latency(counts)
+    def worth_regained_per_latency(index: int, new_count: int, latency: float) -> float | None:
+        if latency > target_ms:
+            return None
+        regained = worth[index][new_count] - worth[index][counts[index]]
+        return regained / max(latency - current, 1e-6)
+
+    current = latencies([counts])[0]
     while current > target_ms:  # trim: most latency saved per importance lost
-        best, best_ratio, best_latency = None, -1.0, current
         # a supernet far above the target: a move removes a quarter of a group (in channel
         # steps), so that its tens of thousands of channels are trimmed in tens of moves
         # (CNNs keep single steps: their fits land in a round or two as they are)
         far = bool(gated.blocks) and current > 1.25 * target_ms
-        for index in range(len(gated.plan.groups)):
+        moves = []
+        for index in range(len(groups)):
             chunk = max(step, step * (counts[index] // 4 // step)) if far else step
             new_count = counts[index] - chunk
-            if new_count < min(step, gated.plan.groups[index].size):
-                new_count = _lowest(index, counts, gated.plan.groups, siblings, step)
-            if new_count >= counts[index]:
-                continue
-            trial = counts.copy()
-            trial[index] = new_count
-            trial_latency = latency(trial)
-            saved = current - trial_latency
-            ratio = saved / (1e-6 + worth(index, new_count, counts[index]))
-            if ratio > best_ratio:
-                best, best_ratio, best_latency = (index, new_count), ratio, trial_latency
-        if best is None:
+            if new_count < min(step, groups[index].size):
+                new_count = _lowest(index, counts, groups, siblings, step)
+            if new_count < counts[index]:
+                moves.append((index, new_count))
+        chosen = best_move(moves, saved_per_worth_lost)
+        if chosen is None:
             break  # the smallest allowed architecture: the caller checks feasibility
-        counts[best[0]] = best[1]
-        current = best_latency
+        counts[chosen[0]], current = chosen[1], chosen[2]
     while True:  # grow back while it fits: most importance regained per latency spent
-        best, best_ratio, best_latency = None, -1.0, current
-        for index, group in enumerate(gated.plan.groups):
-            new_count = min(counts[index] + step, group.size)
-            if new_count <= counts[index]:
-                continue
-            trial = counts.copy()
-            trial[index] = new_count
-            trial_latency = latency(trial)
-            if trial_latency > target_ms:
-                continue
-            cost = max(trial_latency - current, 1e-6)
-            ratio = worth(index, counts[index], new_count) / cost
-            if ratio > best_ratio:
-                best, best_ratio, best_latency = (index, new_count), ratio, trial_latency
-        if best is None:
+        moves = [(index, min(counts[index] + step, group.size))
+                 for index, group in enumerate(groups) if counts[index] < group.size]
+        chosen = best_move(moves, worth_regained_per_latency)
+        if chosen is None:
             break
-        counts[best[0]] = best[1]
-        current = best_latency
+        counts[chosen[0]], current = chosen[1], chosen[2]
     return _mask(gated, ranked, counts)
+
+
+def _latencies_of_counts(
+    gated: GatedModel, model: LatencyModel, ranked: list[torch.Tensor]
+) -> Callable[[list[list[int]]], list[float]]:
+    """Predicted latencies of architectures given as kept counts per group (``ranked``
+    order): batched for a LUT's model, one gated prediction each for any other predictor."""
+    if isinstance(model, LatencyModel):
+        batched = GroupCountLatency(gated, model, ranked)
+        return lambda rows: batched.predict(torch.tensor(rows, dtype=torch.long)).tolist()
+    return lambda rows: [predicted_ms(gated, model, _mask(gated, ranked, r)) for r in rows]
 
 
 def _aligned(count: int, size: int, step: int) -> int:

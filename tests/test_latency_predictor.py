@@ -9,11 +9,13 @@ import pytest
 import torch
 from latency_helpers import synthetic_lut
 
+from hwdnal.budgeting import _mask, _ranked, predicted_ms
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
 from hwdnal.latency.alignment import align_keep_mask, aligned_count
 from hwdnal.latency.calibration import fit_correction, random_keep_mask
+from hwdnal.latency.group_counts import GroupCountLatency
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.models import create_model
 from hwdnal.prune import prune_physically
@@ -107,3 +109,40 @@ def test_calibration_learns_a_per_layer_cost_when_layers_vanish():
     # a per-layer term that would make a layer cost less than nothing is refused
     steep = fit_correction(raw, np.zeros(12), 1.1 * raw - 0.02 * layers + 5.0, layers, 0.006)
     assert steep.per_layer_ms == 0.0
+
+
+@pytest.mark.parametrize(("name", "shape"), [
+    *CASES, ("toy_models:shuffle_net", (1, 3, 16, 16)),
+    ("toy_models:concat_grouped_net", (1, 3, 16, 16)),
+    ("proxyless_supernet_cifar", (1, 1, 16, 16)),
+])
+def test_batched_group_counts_predict_what_the_gated_model_predicts(name, shape,
+                                                                     tmp_path) -> None:
+    """The fit's fast path (kept counts per group, many architectures at once) gives the
+    gated model's hard prediction: across concatenations, shuffles and dropped candidates."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, shape[1])
+    lut = synthetic_lut(model, shape, tmp_path)
+    gated = GatedModel(copy.deepcopy(model), torch.randn(*shape))
+    with torch.no_grad():
+        gated.gate.s.copy_(torch.randn(gated.plan.num_gates))
+    predictor = LatencyModel(lut)
+    ranked = _ranked(gated)
+    siblings = gated.sibling_groups()
+    generator = torch.Generator().manual_seed(1)
+    rows = []
+    for _ in range(5):
+        row = []
+        for k, group in enumerate(gated.plan.groups):
+            count = int(torch.randint(1, group.size + 1, (1,), generator=generator))
+            first_of_plain_layer = bool(siblings.get(k)) and siblings[k][0] == k
+            if k in siblings and not first_of_plain_layer and \
+                    float(torch.rand((), generator=generator)) < 0.4:
+                count = 0  # a dropped candidate (a layer without residual keeps its first)
+            row.append(count)
+        rows.append(row)
+    batched = GroupCountLatency(gated, predictor, ranked).predict(torch.tensor(rows))
+    one_by_one = [predicted_ms(gated, predictor, _mask(gated, ranked, row)) for row in rows]
+    assert batched.tolist() == pytest.approx(one_by_one, rel=1e-6)  # the gates are float32
+    if gated.blocks:
+        assert any(0 in row for row in rows), "the supernet case drops candidates"

@@ -131,35 +131,41 @@ def _pad_axis(axis: list[float], size: int) -> list[float]:
 def interpolate_grids(
     grids: Grids, in_channels: torch.Tensor, out_channels: torch.Tensor
 ) -> torch.Tensor:
-    """Bilinear interpolation of every row at once: ``[L]`` channel counts give ``[L]`` values.
+    """Bilinear interpolation of every row at once: ``[L]`` channel counts give ``[L]`` values
+    (``[L, T]`` counts, T architectures at once, give ``[L, T]``).
 
     Linear extrapolation outside each row's grid, floored at 0. The counts must be on the
     grids' device (as :class:`~hwdnal.latency.predictor.LatencyModel` arranges): segments
     are found and read with tensor indices, so nothing waits for the device (no ``.item()``).
     """
+    single = in_channels.dim() == 1
     cin = in_channels.to(grids.tables.dtype)
     cout = out_channels.to(grids.tables.dtype)
+    if single:
+        cin, cout = cin.unsqueeze(1), cout.unsqueeze(1)
     i, t = _locate(grids.in_axes, grids.in_last, cin)
     o, u = _locate(grids.out_axes, grids.out_last, cout)
     _, rows, cols = grids.tables.shape
     flat = grids.tables.reshape(len(grids), rows * cols)
 
     def at(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-        return flat.gather(1, (row * cols + col).unsqueeze(1)).squeeze(1)
+        return flat.gather(1, row * cols + col)
 
     low = at(i, o) + u * (at(i, o + 1) - at(i, o))
     high = at(i + 1, o) + u * (at(i + 1, o + 1) - at(i + 1, o))
-    return torch.clamp(low + t * (high - low), min=0.0)
+    value = torch.clamp(low + t * (high - low), min=0.0)
+    return value.squeeze(1) if single else value
 
 
 def _locate(
     axes: torch.Tensor, last: torch.Tensor, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: segment index of ``x`` on ``axes`` and its position in it (0..1 inside)."""
-    found = torch.searchsorted(axes, x.detach().unsqueeze(1).contiguous(), right=True)
-    index = torch.minimum((found.squeeze(1) - 1).clamp(min=0), last)
-    x0 = axes.gather(1, index.unsqueeze(1)).squeeze(1)
-    x1 = axes.gather(1, (index + 1).unsqueeze(1)).squeeze(1)
+    """Per row: segment index of each ``x`` ``[L, T]`` on ``axes`` and its position in it
+    (0..1 inside)."""
+    found = torch.searchsorted(axes, x.detach().contiguous(), right=True)
+    index = torch.minimum((found - 1).clamp(min=0), last.unsqueeze(1))
+    x0 = axes.gather(1, index)
+    x1 = axes.gather(1, index + 1)
     return index, (x - x0) / (x1 - x0)
 
 

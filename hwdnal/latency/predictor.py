@@ -141,9 +141,15 @@ class LatencyModel:
         _, cout = self._vectors(counts)
         return self._activations(cout)
 
-    def _activations(self, out_channels: torch.Tensor) -> torch.Tensor:
+    def _activations(self, out_channels: torch.Tensor,
+                     presence: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ output elements (millions); a layer that is not there (a dropped candidate's
+        projection keeps its out channels) writes none."""
         per_channel = self.tables(out_channels.device).melem_per_channel
-        return (out_channels.to(torch.float64) * per_channel).sum()
+        elements = out_channels.to(torch.float64) * per_channel
+        if presence is not None:
+            elements = elements * presence.to(elements)
+        return elements.sum()
 
     def calibrate(self, raw_ms: torch.Tensor, activations: torch.Tensor,
                   layers: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -163,7 +169,7 @@ class LatencyModel:
                         presence: torch.Tensor) -> torch.Tensor:
         """:meth:`predict_vectors` with explicit (differentiable) layer presence."""
         raw = self.layer_latencies(in_channels, out_channels, presence).sum()
-        return self.calibrate(raw, self._activations(out_channels),
+        return self.calibrate(raw, self._activations(out_channels, presence),
                               presence.to(raw.dtype).sum())
 
     def predict_counts(self, counts: Mapping[str, tuple[Count, Count]]) -> torch.Tensor:
