@@ -29,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS,
-                        help="name:input_size:num_classes")
+                        help="name:input_size:num_classes[:input_channels] (3 if left out)")
     parser.add_argument("--calibrate", type=int, default=12)
     parser.add_argument("--validate", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
@@ -45,9 +45,10 @@ def main() -> int:
     rows, details = [], []
     load_before = os.getloadavg()
     for spec in args.models:
-        name, size, classes = spec.split(":")
-        model = create_model(name, num_classes=int(classes))
-        shape = input_shape_for(target.batch, 3, int(size))
+        name, size, classes, *rest = spec.split(":")
+        channels = int(rest[0]) if rest else 3
+        model = create_model(name, num_classes=int(classes), in_channels=channels)
+        shape = input_shape_for(target.batch, channels, int(size))
         marks: dict[str, float] = {}
         start = time.monotonic()
 
@@ -57,7 +58,7 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory() as cache:
             result = profile_model(
-                target, model, name, int(size), out=Path(args.lut_dir) /
+                target, model, name, int(size), channels, out=Path(args.lut_dir) /
                 default_lut_path(name, target.name, shape).name, calibrate=args.calibrate,
                 validate=args.validate, seed=args.seed, cache_dir=cache, progress=progress,
             )

@@ -30,6 +30,7 @@ from hwdnal.budget import Budget
 from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
+from hwdnal.latency.alignment import aligned_group_counts
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.group_counts import GroupCountLatency
 from hwdnal.latency.pipeline import DEFAULT_TOLERANCE, RealityCheck
@@ -129,8 +130,7 @@ def fit_to_latency(
     step = max(multiple, 1)                          # one dominates
     siblings = gated.sibling_groups()
     groups = gated.plan.groups
-    counts = [0 if k in siblings and c == 0 else _aligned(c, g.size, step)
-              for k, (c, g) in enumerate(zip(group_counts(gated, start), groups, strict=True))]
+    counts = aligned_group_counts(gated, group_counts(gated, start), step)
     ranked = _ranked(gated)
     # importance of group k's first n channels (in keeping order): worth[k][n]
     worth = [torch.cat([torch.zeros(1, dtype=torch.float64),
@@ -203,12 +203,6 @@ def _latencies_of_counts(
         batched = GroupCountLatency(gated, model, ranked)
         return lambda rows: batched.predict(torch.tensor(rows, dtype=torch.long)).tolist()
     return lambda rows: [predicted_ms(gated, model, _mask(gated, ranked, r)) for r in rows]
-
-
-def _aligned(count: int, size: int, step: int) -> int:
-    if step <= 1 or size <= step:
-        return min(max(count, 1), size)
-    return min(size, max(step, step * round(count / step)))
 
 
 def _mask(gated: GatedModel, ranked: list[torch.Tensor], counts: list[int]) -> torch.Tensor:

@@ -10,6 +10,7 @@ from hwdnal.complexity import predicted_params
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
+from hwdnal.latency.alignment import align_keep_mask, aligned_group_counts
 from hwdnal.models import create_model
 from hwdnal.models.proxyless_supernet import (
     MixedLayer,
@@ -136,6 +137,36 @@ def test_latency_of_a_dropped_candidate_vanishes() -> None:
     soft = gated.layer_presence()
     soft.sum().backward()
     assert gated.gate.s.grad is not None and gated.gate.s.grad.abs().sum() > 0
+
+
+def test_alignment_drops_a_candidate_with_a_few_channels_rather_than_widening_it() -> None:
+    """A candidate the gates left with 2 of its channels is an operation all but dropped:
+    rounded to the channel step it goes to 0, not up to a thin branch of 8 (whose fixed
+    per-layer costs are what a device pays for); a layer without a residual path keeps
+    its largest candidate."""
+    torch.manual_seed(0)
+    net = ProxylessSupernet(10, 3, candidates=((3, 3), (5, 6)),
+                            stages=((16, 2, 1), (32, 2, 2)), stem_stride=1, stem=16,
+                            first=16, last=32)
+    gated, _ = _gated(net)
+    counts = [g.size for g in gated.plan.groups]
+    plain = {b.layer for b in gated.blocks if not b.residual}
+    for block in gated.blocks:
+        counts[block.group] = 2 if block.layer in plain or block.name == "k3e3" else 13
+    aligned = aligned_group_counts(gated, counts, 8)
+    for block in gated.blocks:
+        got = aligned[block.group]
+        if block.layer in plain:  # both candidates at 2: the first, largest, keeps one step
+            assert got == (8 if block.name == "k3e3" else 0)
+        else:
+            assert got == (0 if block.name == "k3e3" else 16)
+    others = [k for k in range(len(counts)) if k not in {b.group for b in gated.blocks}]
+    assert all(aligned[k] == counts[k] for k in others), "full groups stay full"
+    keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
+    for group, count in zip(gated.plan.groups, counts, strict=True):
+        keep[group.start : group.start + count] = True
+    mask = align_keep_mask(gated, keep, 8)
+    assert [int(mask[g.start : g.stop].sum()) for g in gated.plan.groups] == aligned
 
 
 @pytest.mark.parametrize(("name", "size", "layers"), [("proxyless_supernet_cifar", 28, 21),

@@ -20,25 +20,50 @@ def aligned_count(kept: int, size: int, multiple: int) -> int:
     return size if rounded > size else rounded
 
 
+def aligned_group_counts(gated, counts: list[int], multiple: int) -> list[int]:
+    """Every group's kept count aligned (:func:`aligned_count`).
+
+    A supernet's candidate block rounds to the nearest multiple *including 0*: a candidate
+    left with a few channels of its hundreds is an operation the gates all but dropped, and
+    rounding it up to a whole step would keep a thin branch whose fixed per-layer costs
+    (several nodes on the device) outweigh what its channels add. A layer without a residual
+    path keeps its largest candidate at one step at least.
+    """
+    siblings = gated.sibling_groups()
+    out = []
+    for k, (count, group) in enumerate(zip(counts, gated.plan.groups, strict=True)):
+        if k in siblings and multiple > 1 and group.size > multiple:
+            out.append(min(group.size, multiple * round(count / multiple)))
+        elif k in siblings and count == 0:
+            out.append(0)
+        else:
+            out.append(aligned_count(count, group.size, multiple))
+    for k, layer in siblings.items():
+        if layer and layer[0] == k and not any(out[g] for g in layer):
+            largest = max(layer, key=lambda g: counts[g])
+            out[largest] = aligned_count(max(counts[largest], 1), gated.plan.groups[largest].size,
+                                         multiple)
+    return out
+
+
 def align_keep_mask(gated, keep: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Per gate group, keep the ``aligned_count`` channels with the highest gate scores.
+    """Per gate group, keep the ``aligned_group_counts`` channels with the highest gate
+    scores.
 
     ``gated`` is a :class:`hwdnal.gated.GatedModel`; ``keep`` its boolean keep mask. Channels
     already kept win ties, so a mask that is aligned already is returned unchanged.
     """
     keep = keep.detach().cpu().bool().clone()
     scores = gated.gate.s.detach().cpu().float()
-    optional = {block.group for block in getattr(gated, "blocks", [])}
-    for k, group in enumerate(gated.plan.groups):
-        part = keep[group.start : group.stop]
-        if k in optional and not bool(part.any()):
-            continue  # a supernet's dropped candidate block stays dropped
-        target = aligned_count(int(part.sum()), group.size, multiple)
-        if target == int(part.sum()):
+    groups = gated.plan.groups
+    counts = [int(keep[g.start : g.stop].sum()) for g in groups]
+    for group, count, target in zip(groups, counts, aligned_group_counts(gated, counts, multiple),
+                                    strict=True):
+        if target == count:
             continue
+        part = keep[group.start : group.stop]
         rank = part.float() * 1e6 + scores[group.start : group.stop]
-        chosen = torch.topk(rank, target).indices
         new = torch.zeros_like(part)
-        new[chosen] = True
+        new[torch.topk(rank, target).indices] = True
         keep[group.start : group.stop] = new
     return keep
