@@ -247,10 +247,27 @@ class TargetLatency:
         return (self.measurer or self.target).fingerprint()
 
     def budget_against(self, dense_ms: float) -> float:
-        """The budget in ms given a dense latency measured alongside (relative budgets
-        follow the machine's current speed; absolute ones do not)."""
+        """The budget in ms given a dense latency measured alongside, at the device's speed
+        of that measurement.
+
+        A relative budget is a share of that dense latency. An absolute one is the user's
+        figure at the speed the device had when the search first measured the dense
+        network (``dense_ms`` of this object), scaled by how much slower or faster the
+        device runs now (a throttling board, a shared machine): the fit then aims at the
+        same architecture whether a round lands in a slow minute or a fast one. The
+        search's verdict also reports the raw figure against the raw budget.
+        """
         assert self.budget is not None and self.budget_ms is not None
-        return self.budget.resolve(dense_ms) if self.budget.relative else self.budget_ms
+        if self.budget.relative:
+            return self.budget.resolve(dense_ms)
+        return self.budget_ms * self.drift(dense_ms)
+
+    def drift(self, dense_ms: float) -> float:
+        """How much slower (> 1) the device runs now than at the search's first measurement,
+        judged by the dense network measured alongside; 1 where there is nothing to judge."""
+        if not self.dense_ms or not dense_ms or dense_ms <= 0:
+            return 1.0
+        return dense_ms / self.dense_ms
 
     def facts(self) -> dict[str, Any]:
         """What the run records (and reuses on resume rather than measuring again)."""

@@ -279,7 +279,7 @@ def _markdown(
         "## Target and budget",
         "",
         f"- **Target**: {_target_text(result.get('target'))}",
-        f"- **Budget**: {_budget_text(budget, pruned)}",
+        f"- **Budget**: {_budget_text(budget, pruned, result.get('device_drift'))}",
         "",
         "## Dense against pruned",
         "",
@@ -411,7 +411,7 @@ def _latency_warnings(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _budget_text(budget: Any, pruned: dict[str, Any]) -> str:
+def _budget_text(budget: Any, pruned: dict[str, Any], drift: Any = None) -> str:
     if not _number(budget):
         return "none (the search pruned by λa alone)"
     text = f"{float(budget):.3f} ms"
@@ -420,6 +420,11 @@ def _budget_text(budget: Any, pruned: dict[str, Any]) -> str:
         verdict = "met" if measured <= budget else "**missed**"
         text += (f"; measured {float(measured):.3f} ms = {100 * measured / budget:.0f}% of it "
                  f"({verdict})")
+        if _number(drift) and abs(float(drift) - 1.0) >= 0.03:
+            at_start = float(measured) / float(drift)
+            text += (f"; the device ran {100 * (float(drift) - 1):+.0f}% against the search's "
+                     f"start (its dense network measured alongside), so at the start's speed "
+                     f"{at_start:.3f} ms = {100 * at_start / budget:.0f}% of the budget")
     return text
 
 

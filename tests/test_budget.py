@@ -12,10 +12,13 @@ import torch
 from tiny_run import quick_target
 
 from hwdnal.budget import parse_budget
-from hwdnal.budgeting import LatencyConstraint, fit_to_latency, predicted_ms
+from hwdnal.budgeting import LatencyConstraint, TargetLatency, fit_to_latency, predicted_ms
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.models import create_model
+from hwdnal.report import _budget_text
+from hwdnal.search import DnalSearch, SearchConfig, SearchObserver, _Progress
+from hwdnal.targets import load_target
 
 
 @pytest.mark.parametrize(("text", "ms", "fraction"), [
@@ -122,3 +125,40 @@ def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
     # the budget the fit met, up to the device's noise
     assert result["budget_met"] == (result["pruned"]["latency_ms"] <= result["budget_ms"])
     assert result["pruned"]["latency_ms"] <= 1.25 * result["budget_ms"], result["pruned"]
+
+
+def test_an_absolute_budget_follows_the_devices_drift_and_the_verdict_reports_both(tmp_path):
+    """A device that runs 20% slower at the end than when the search began (a throttling
+    board, a shared machine) slows the dense network alike: the fit aims at the budget at
+    the start's speed, and the verdict says both what was measured and what that is at the
+    start's speed."""
+    latency = TargetLatency(target=load_target("cpu"), measurer=None, input_shape=(1, 3, 8, 8),
+                            channel_step=8, dense_ms=10.0, budget_ms=2.0,
+                            budget=parse_budget("2ms"))
+    assert latency.budget_against(10.0) == pytest.approx(2.0)
+    assert latency.budget_against(12.0) == pytest.approx(2.4)
+    relative = TargetLatency(target=load_target("cpu"), measurer=None, input_shape=(1, 3, 8, 8),
+                             channel_step=8, dense_ms=10.0, budget_ms=2.0,
+                             budget=parse_budget("20%"))
+    assert relative.budget_against(12.0) == pytest.approx(2.4)
+
+    messages: list[str] = []
+
+    class Messages(SearchObserver):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    search = DnalSearch(SearchConfig(model="resnet20", data="synthetic"), tmp_path / "run",
+                        observer=Messages())
+    progress = _Progress(fit_rounds=[{"round": 1, "target_ms": 1.9, "predicted_ms": 1.9,
+                                      "measured_ms": 1.9, "budget_ms": 2.0}])
+    result: dict = {}
+    search._judge_budget(progress, latency, 12.0, 2.2, result)  # 2.2 ms at 1.2x: 1.83 ms
+    assert not result["budget_met"] and result["budget_met_at_start_speed"]
+    assert result["budget_ms"] == 2.0 and result["device_drift"] == pytest.approx(1.2)
+    assert "20% slower" in messages[-1] and "1.833 ms, within the budget" in messages[-1]
+    search._judge_budget(progress, latency, 10.0, 2.2, result)  # no drift: simply over
+    assert not result["budget_met_at_start_speed"] and "noisy" in messages[-1]
+    search._judge_budget(progress, latency, 12.0, 1.9, result)
+    assert result["budget_met"] and len(messages) == 2, "a met budget adds no warning"
+    assert "at the start's speed 1.833 ms" in _budget_text(2.0, {"latency_ms": 2.2}, 1.2)
