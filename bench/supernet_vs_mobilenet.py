@@ -318,8 +318,8 @@ def write_doc(args: argparse.Namespace, command: list[str], result: dict, rows: 
     for r in result["fit_rounds"]:
         lines.append(f"- fit round {r['round']}: predicted {r['predicted_ms']:.4f} ms, "
                      f"measured {r['measured_ms']:.4f} ms "
-                     f"({100 * (r['predicted_ms'] / r['measured_ms'] - 1):+.1f}%), budget at "
-                     f"the round's device speed {r['budget_ms']:.4f} ms")
+                     f"({100 * (r['predicted_ms'] / r['measured_ms'] - 1):+.1f}%), budget "
+                     f"{r['budget_ms']:.4f} ms")
     if lut:
         lines.append(f"- the LUT's check of the dense supernet: {json.dumps(lut)}")
     if pruned.get("predicted_latency_ms") and pruned.get("latency_ms"):
