@@ -716,9 +716,8 @@ class DnalSearch:
         judged as measured, and also at the device's speed when the search began (the dense
         network, measured alongside, tells how much it has drifted since)."""
         relative = latency.budget is not None and latency.budget.relative
-        budget_ms = latency.budget_against(dense_ms) if relative else latency.budget_ms
-        assert budget_ms is not None
-        drift = 1.0 if relative else latency.drift(dense_ms)
+        budget_ms = latency.budget_against(dense_ms)
+        drift = 1.0 if relative else latency.drift(dense_ms)  # a share follows the drift
         result["budget_ms"] = budget_ms
         result["budget_met"] = pruned_ms <= budget_ms
         result["device_drift"] = drift

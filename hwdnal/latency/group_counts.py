@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from hwdnal.latency.grid import interpolate_grids
 from hwdnal.latency.predictor import LatencyModel
 
 
@@ -39,17 +38,16 @@ class GroupCountLatency:
             rank_of[gates] = torch.arange(group.size)
         rows = model._positions_in(tuple(plan.layers), cpu)  # LUT order -> gated layer
         in_index, out_index = (side[rows] for side in gated._layer_indices(cpu))
-        self.layers = len(rows)
-        self._fixed_in, self._in_terms = _terms(in_index, num_gates, group_of, rank_of)
-        self._fixed_out, self._out_terms = _terms(out_index, num_gates, group_of, rank_of)
-        tables = model.tables(cpu)
-        self._grids = tables.grids
-        self._depthwise = tables.depthwise
-        self._melem = tables.melem_per_channel
+        groups = len(plan.groups)
+        self._fixed_in, self._in_terms = _terms(in_index, num_gates, groups, group_of, rank_of)
+        self._fixed_out, self._out_terms = _terms(out_index, num_gates, groups, group_of,
+                                                  rank_of)
+        self._melem = model.tables(cpu).melem_per_channel
 
     def channels(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``[T, L]`` in and out channels of the LUT's layers (LUT order)."""
-        counts = torch.as_tensor(counts, dtype=torch.long).reshape(-1, counts.shape[-1])
+        counts = torch.as_tensor(counts, dtype=torch.long)
+        counts = counts.reshape(-1, counts.shape[-1])
         return (_count(self._fixed_in, self._in_terms, counts),
                 _count(self._fixed_out, self._out_terms, counts))
 
@@ -57,15 +55,14 @@ class GroupCountLatency:
         """Calibrated predicted latency (ms, float64) of each row of ``counts`` ``[T, G]``."""
         cin, cout = (side.T for side in self.channels(counts))  # [L, T]
         present = ((cin > 0) & (cout > 0)).to(torch.float64)
-        depthwise = self._depthwise.unsqueeze(1)
-        latency = interpolate_grids(self._grids, torch.where(depthwise, cout, cin),
-                                    torch.where(depthwise, torch.ones_like(cout), cout))
+        latency = self.model.layer_latencies(cin, cout, present).sum(0)
         activations = (cout * self._melem.unsqueeze(1) * present).sum(0)
-        return self.model.calibrate((latency * present).sum(0), activations, present.sum(0))
+        return self.model.calibrate(latency, activations, present.sum(0))
 
 
 def _terms(
-    index: torch.Tensor, num_gates: int, group_of: torch.Tensor, rank_of: torch.Tensor
+    index: torch.Tensor, num_gates: int, groups: int, group_of: torch.Tensor,
+    rank_of: torch.Tensor,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """A side's channels per layer: ``fixed`` (channels no gate removes) and, per (layer,
     group) pair it draws from, the sorted ranks of those channels (padded past any count)."""
@@ -73,7 +70,7 @@ def _terms(
     gated = index < num_gates
     layer_of = torch.arange(index.shape[0]).unsqueeze(1).expand_as(index)[gated]
     gates = index[gated]
-    groups = int(group_of.max()) + 1 if num_gates else 1
+    groups = max(groups, 1)
     pairs, which = torch.unique(layer_of * groups + group_of[gates], return_inverse=True)
     pair_layer, pair_group = pairs // groups, pairs % groups
     ranks = rank_of[gates]

@@ -82,7 +82,8 @@ class LatencyModel:
     ) -> torch.Tensor:
         """LUT latency (ms, uncalibrated) of every LUT layer, computed on the counts' device.
 
-        ``in_channels``/``out_channels``: ``[L]`` counts in LUT layer order (``names``).
+        ``in_channels``/``out_channels``: ``[L]`` counts in LUT layer order (``names``), or
+        ``[L, T]`` for T architectures at once (the result then ``[L, T]``).
         ``presence``: ``[L]`` factors, 0 for the layers of a supernet's dropped candidate
         block (their whole cost vanishes, not only their channels'); None: all present.
         Parallel candidates add up: the runtimes hwdnal targets run branches one after
@@ -91,7 +92,7 @@ class LatencyModel:
         tables = self.tables(in_channels.device)
         cin = in_channels.to(torch.float64)
         cout = out_channels.to(device=cin.device, dtype=torch.float64)
-        depthwise = tables.depthwise
+        depthwise = tables.depthwise if cin.dim() == 1 else tables.depthwise.unsqueeze(1)
         # a depthwise layer's cost follows its channels (= its outputs), on a 1-wide out axis
         latency = interpolate_grids(tables.grids, torch.where(depthwise, cout, cin),
                                     torch.where(depthwise, torch.ones_like(cout), cout))
