@@ -231,9 +231,10 @@ def test_a_budgeted_search_chooses_blocks_and_meets_the_budget(tmp_path, monkeyp
                           epochs_arch=2, epochs_finetune=1, budget="55%",
                           target=str(quick_target(tmp_path)))
     result = DnalSearch(config, tmp_path / "run").run()
-    # the fit ends on a measurement within the budget; the compile stage measures again, and
-    # a 0.04 ms network with the quick target's few timed runs varies by some percent
-    assert result["fit_rounds"][-1]["measured_ms"] <= result["budget_ms"]
+    # the fit keeps a round measured within that round's budget (the last round may be one
+    # it rejected); the compile stage measures again, and a 0.04 ms network with the quick
+    # target's few timed runs varies by some percent
+    assert any(r["measured_ms"] <= r["budget_ms"] for r in result["fit_rounds"])
     assert result["compiled"]["cpu-quick"]["median_ms"] <= result["budget_ms"] * 1.2
     layers = [b["layer"] for b in result["blocks"]]
     assert layers == ["features.4", "features.5", "features.6", "features.7"]
