@@ -420,6 +420,10 @@ def _budget_text(budget: Any, pruned: dict[str, Any], drift: Any = None) -> str:
         verdict = "met" if measured <= budget else "**missed**"
         text += (f"; measured {float(measured):.3f} ms = {100 * measured / budget:.0f}% of it "
                  f"({verdict})")
+        calls = pruned.get("latency_calls_ms")
+        if isinstance(calls, list) and len(calls) > 1 and all(_number(c) for c in calls):
+            text += (f", the median of {len(calls)} device calls "
+                     f"({', '.join(f'{float(c):.3f}' for c in calls)} ms)")
         if _number(drift) and abs(float(drift) - 1.0) >= 0.03:
             at_start = float(measured) / float(drift)
             text += (f"; the device ran {100 * (float(drift) - 1):+.0f}% against the search's "

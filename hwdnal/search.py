@@ -633,9 +633,11 @@ class DnalSearch:
         keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu(), cache=cache)
         progress.fit_rounds = [r.to_dict() for r in rounds]
         for r in rounds:
+            calls = " / ".join(f"{c:.3f}" for c in r.calls_ms)
+            worst = f" (judged by the worst, {r.measured_ms:.3f})" if len(r.calls_ms) > 1 else ""
             self.observer.message(
-                f"fit round {r.round}: predicted {r.predicted_ms:.3f} ms, measured "
-                f"{r.measured_ms:.3f} ms (budget {r.budget_ms:.3f} ms)")
+                f"fit round {r.round}: predicted {r.predicted_ms:.3f} ms, measured {calls} ms"
+                f"{worst}, budget {r.budget_ms:.3f} ms")
         return keep
 
     def _layer_table(self, gated: GatedModel) -> list[dict[str, Any]]:
@@ -666,7 +668,8 @@ class DnalSearch:
     def _stage_compile(self, progress: _Progress, dense: nn.Module, pruned: nn.Module,
                        result: dict[str, Any]) -> None:
         """Compile the pruned network for the target (ONNX; an engine on TensorRT targets),
-        check it against PyTorch, and measure it interleaved with the dense network."""
+        check it against PyTorch, and measure it interleaved with the dense network (the
+        median of several device calls)."""
         from hwdnal.compile import (
             check_inputs_from,
             compile_network,
@@ -678,7 +681,7 @@ class DnalSearch:
         latency = self.latency
         assert latency is not None and self.data is not None
         self.observer.stage_started("compile", 1, 1, 0)
-        dense_measured, pruned_measured = final_latency(dense, pruned, latency)
+        dense_measured, pruned_measured, calls = final_latency(dense, pruned, latency)
         artifact = compile_network(
             pruned, latency.input_shape, latency.device(),
             compiled_dir(self.run_dir.path, latency.target.name),
@@ -692,6 +695,8 @@ class DnalSearch:
         result["dense"]["latency_p90_ms"] = dense_measured.p90_ms
         result["pruned"]["latency_ms"] = pruned_measured.median_ms
         result["pruned"]["latency_p90_ms"] = pruned_measured.p90_ms
+        result["dense"]["latency_calls_ms"] = [round(d, 4) for d, _ in calls]
+        result["pruned"]["latency_calls_ms"] = [round(p, 4) for _, p in calls]
         if latency.latency_model is not None:
             predicted = latency.latency_model.predict_module(pruned.cpu())
             pruned.to(self.device)

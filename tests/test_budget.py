@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -12,7 +13,13 @@ import torch
 from tiny_run import quick_target
 
 from hwdnal.budget import parse_budget
-from hwdnal.budgeting import LatencyConstraint, TargetLatency, fit_to_latency, predicted_ms
+from hwdnal.budgeting import (
+    LatencyConstraint,
+    TargetLatency,
+    fit_to_latency,
+    predicted_ms,
+    subnetwork,
+)
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.models import create_model
@@ -162,3 +169,102 @@ def test_the_verdict_on_an_absolute_budget_names_the_devices_drift(tmp_path):
     search._judge_budget(progress, latency, 12.0, 1.9, result)
     assert result["budget_met"] and len(messages) == 2, "a met budget adds no warning"
     assert "at the start's speed 1.833 ms" in _budget_text(2.0, {"latency_ms": 2.2}, 1.2)
+
+
+class _NoisyDevice:
+    """A device whose latency is known: 1 ms per 10k parameters. The k-th call that times a
+    network scales it by ``factors[k]`` (the last factor thereafter), except the first
+    network of a call (the dense one): a shared machine's slow seconds."""
+
+    where = "a scripted device"
+
+    def __init__(self, factors: list[float]) -> None:
+        self.target = load_target("cpu")
+        self.factors = factors
+        self.calls = 0
+        self.seen: dict[int, int] = {}
+
+    def measure(self, networks, settings):
+        from hwdnal.devices.measurer import Measurement
+
+        self.calls += 1
+        out = []
+        for index, (net, _) in enumerate(networks):
+            params = sum(p.numel() for p in net.parameters())
+            k = self.seen.get(params, 0)
+            self.seen[params] = k + 1
+            factor = 1.0 if index == 0 else self.factors[min(k, len(self.factors) - 1)]
+            out.append(Measurement(median_ms=params / 1e4 * factor,
+                                   p90_ms=1.1 * params / 1e4 * factor, samples=60))
+        return out
+
+    def fingerprint(self) -> dict:
+        return {"target": "scripted"}
+
+
+def _noisy_fit_setup(factors: list[float]):
+    model = create_model("resnet20", 10, 3).eval()
+    example = torch.randn(1, 3, 16, 16)
+    gated = GatedModel(copy.deepcopy(model), example)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        gated.gate.s.copy_(torch.randn(gated.plan.num_gates))
+    dense_ms = sum(p.numel() for p in model.parameters()) / 1e4
+    device = _NoisyDevice(factors)
+    latency = TargetLatency(target=device.target, measurer=device, input_shape=(1, 3, 16, 16),
+                            channel_step=4, dense_ms=dense_ms, budget_ms=0.5 * dense_ms,
+                            budget=parse_budget(f"{0.5 * dense_ms}ms"),
+                            latency_model=_LinearLatency())
+    return gated, model, example, latency, device
+
+
+def test_the_fit_keeps_a_round_only_when_every_call_is_within_the_budget(tmp_path):
+    """A network's first call is fast, its later ones 25% slow: a round that one slow call
+    puts over the budget is not kept, however fast its first; the fit aims lower until
+    every call fits."""
+    from hwdnal.budgeting import MEASUREMENT_CALLS, fit_to_budget
+    from hwdnal.latency.cache import MeasurementCache
+
+    gated, model, example, latency, device = _noisy_fit_setup([1.0, 1.25])
+    cache = MeasurementCache(tmp_path / "fit.json", device.fingerprint())
+    keep, rounds = fit_to_budget(gated, model, latency, example, cache=cache)
+
+    budget = latency.budget_ms
+    for r in rounds:
+        assert r.measured_ms == pytest.approx(max(r.calls_ms))
+        if max(r.calls_ms) <= budget:
+            assert len(r.calls_ms) == MEASUREMENT_CALLS, "a round within the budget is confirmed"
+        else:  # the calls stop at the first one over the budget
+            assert r.calls_ms[-1] > budget and all(c <= budget for c in r.calls_ms[:-1])
+    kept = [r for r in rounds if r.measured_ms <= budget]
+    assert kept, rounds
+    assert all(len(r.calls_ms) == MEASUREMENT_CALLS for r in kept)
+    slow_rejected = [r for r in rounds if r.calls_ms[0] <= budget < r.measured_ms]
+    assert slow_rejected, "some round was fast on its first call and slow on a later one"
+    assert len(cache) == 2 * device.calls, "every call's pair of measurements is cached"
+
+    pruned_ms = sum(p.numel() for p in subnetwork(model, keep, example).parameters()) / 1e4
+    assert 1.25 * pruned_ms <= budget, "the kept network fits the budget even in a slow call"
+
+    again = _NoisyDevice([1.0])
+    latency.measurer = again
+    keep_again, rounds_again = fit_to_budget(
+        gated, model, latency, example,
+        cache=MeasurementCache(tmp_path / "fit.json", device.fingerprint()))
+    assert again.calls == 0, "a resumed fit measures none of the calls it has"
+    assert torch.equal(keep, keep_again) and rounds == rounds_again
+
+
+def test_the_final_measurement_is_the_median_of_its_calls():
+    from hwdnal.budgeting import final_latency
+
+    gated, model, example, latency, _device = _noisy_fit_setup([1.0, 3.0, 1.1])
+    pruned = subnetwork(model, gated.keep_mask(), example)
+    dense_ms, pruned_ms, calls = final_latency(model, pruned, latency)
+    base = sum(p.numel() for p in pruned.parameters()) / 1e4
+    assert [p for _, p in calls] == pytest.approx([base, 3.0 * base, 1.1 * base])
+    assert pruned_ms.median_ms == pytest.approx(1.1 * base), "one slow call is an outlier"
+    assert dense_ms.median_ms == pytest.approx(latency.dense_ms)
+    assert pruned_ms.samples == 180
+    assert "median of 3 device calls (1.000, 3.000, 1.100 ms)" in _budget_text(
+        2.0, {"latency_ms": 1.1, "latency_calls_ms": [1.0, 3.0, 1.1]})
