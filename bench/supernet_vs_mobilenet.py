@@ -277,8 +277,13 @@ def write_doc(args: argparse.Namespace, command: list[str], result: dict, rows: 
                else "as accurate as (within 0.2 pp)")
     pruned = result["pruned"]
     drift = result.get("device_drift")
-    own = (f"the search's own final measurement: {pruned['latency_ms']:.4f} ms against the "
-           f"budget {budget_ms:.4f} ms, {'met' if result.get('budget_met') else 'NOT met'}")
+    final_calls = pruned.get("latency_calls_ms") or []
+    of_calls = (f" (the median of {len(final_calls)} calls: "
+                f"{', '.join(f'{c:.4f}' for c in final_calls)} ms)" if len(final_calls) > 1
+                else "")
+    own = (f"the search's own final measurement: {pruned['latency_ms']:.4f} ms{of_calls} "
+           f"against the budget {budget_ms:.4f} ms, "
+           f"{'met' if result.get('budget_met') else 'NOT met'}")
     if drift is not None and abs(drift - 1) >= 0.01:
         own += (f"; the device then ran {100 * (drift - 1):+.0f}% against the search's start "
                 "(the dense supernet measured alongside), so at the start's speed "
@@ -316,10 +321,14 @@ def write_doc(args: argparse.Namespace, command: list[str], result: dict, rows: 
         "",
     ]
     for r in result["fit_rounds"]:
+        calls = r.get("calls_ms") or [r["measured_ms"]]
+        judged = (f"{' / '.join(f'{c:.4f}' for c in calls)} ms in {len(calls)} calls, "
+                  "judged by the worst" if len(calls) > 1 else f"{r['measured_ms']:.4f} ms")
         lines.append(f"- fit round {r['round']}: predicted {r['predicted_ms']:.4f} ms, "
-                     f"measured {r['measured_ms']:.4f} ms "
+                     f"measured {judged} "
                      f"({100 * (r['predicted_ms'] / r['measured_ms'] - 1):+.1f}%), budget "
-                     f"{r['budget_ms']:.4f} ms")
+                     f"{r['budget_ms']:.4f} ms, "
+                     f"{'kept' if r['measured_ms'] <= r['budget_ms'] else 'over'}")
     if lut:
         lines.append(f"- the LUT's check of the dense supernet: {json.dumps(lut)}")
     if pruned.get("predicted_latency_ms") and pruned.get("latency_ms"):
