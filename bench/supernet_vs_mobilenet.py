@@ -32,7 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hwdnal.budgeting import _measure_together
+from hwdnal.budgeting import (
+    MEASUREMENT_CALLS,
+    TargetLatency,
+    _measure_together,
+    final_latency,
+)
 from hwdnal.complexity import params_and_macs
 from hwdnal.devices import open_measurer
 from hwdnal.models import create_model
@@ -162,11 +167,17 @@ def recheck(args: argparse.Namespace) -> int:
     result = json.loads((args.runs / "search" / "result.json").read_text())
     load = os.getloadavg()[0]
     shape = (1, 1, 28, 28)
-    rounds = []
+    dense = torch.load(args.runs / "search" / "dense.pt", weights_only=False).eval()
+    # the search's own verdict taken again: the searched network interleaved with its dense
+    # supernet in MEASUREMENT_CALLS calls, their median against the budget
+    as_searched = TargetLatency(target=device.target, measurer=device, input_shape=shape,
+                                channel_step=1, dense_ms=None)
+    rounds, verdicts = [], []
     for _ in range(args.recheck):  # interleaved (the search's way), then each alone
         together = _measure_together(device, [mobilenet, chosen], shape)
         alone = [_measure_together(device, [net], shape)[0] for net in (mobilenet, chosen)]
         rounds.append((together, alone))
+        verdicts.append(final_latency(dense, chosen, as_searched))
     lines = ["", "## Measured again", "",
              f"`python bench/supernet_vs_mobilenet.py --recheck {args.recheck}` "
              f"({datetime.now():%Y-%m-%d %H:%M}, load average before {load:.2f}): the two "
@@ -182,6 +193,21 @@ def recheck(args: argparse.Namespace) -> int:
         alone_ratios.append(s1.median_ms / m1.median_ms)
         lines.append(f"| {k} | {m.median_ms:.4f} | {s.median_ms:.4f} | {ratios[-1]:.3f} | "
                      f"{m1.median_ms:.4f} | {s1.median_ms:.4f} | {alone_ratios[-1]:.3f} |")
+    budget = result["budget_ms"]
+    lines += ["", f"The search's own verdict taken again {args.recheck} times (the searched "
+              f"network interleaved with the dense supernet in {MEASUREMENT_CALLS} calls, "
+              f"the median against the budget {budget:.4f} ms, as `hwdnal search` judges "
+              "it):", "",
+              "| repeat | calls (ms) | median (ms) | within the budget |",
+              "| ---: | --- | ---: | :---: |"]
+    for k, (_, pruned_ms, calls) in enumerate(verdicts, 1):
+        lines.append(f"| {k} | {', '.join(f'{c:.4f}' for _, c in calls)} | "
+                     f"{pruned_ms.median_ms:.4f} | "
+                     f"{'yes' if pruned_ms.median_ms <= budget else '**no**'} |")
+    single = [c for _, _, calls in verdicts for _, c in calls]
+    lines += ["", f"Met in {sum(v[1].median_ms <= budget for v in verdicts)} of "
+              f"{len(verdicts)} verdicts; {sum(c > budget for c in single)} of {len(single)} "
+              "single calls were over the budget."]
     compiled = result["compiled"][result["target"]["name"]]
     median, median_alone = statistics.median(ratios), statistics.median(alone_ratios)
     if median <= 1.0 and median_alone <= 1.0:

@@ -628,7 +628,7 @@ class DnalSearch:
                                  latency.fingerprint())
         if len(cache):
             self.observer.message(
-                f"resuming the fit: {len(cache) // 2} measured round(s) are reused from "
+                f"resuming the fit: {len(cache) // 2} measured call(s) are reused from "
                 f"{cache.path}")
         keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu(), cache=cache)
         progress.fit_rounds = [r.to_dict() for r in rounds]
