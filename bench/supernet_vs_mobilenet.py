@@ -354,7 +354,7 @@ def write_doc(args: argparse.Namespace, command: list[str], result: dict, rows: 
                      f"measured {judged} "
                      f"({100 * (r['predicted_ms'] / r['measured_ms'] - 1):+.1f}%), budget "
                      f"{r['budget_ms']:.4f} ms, "
-                     f"{'kept' if r['measured_ms'] <= r['budget_ms'] else 'over'}")
+                     f"{'within it' if r['measured_ms'] <= r['budget_ms'] else 'over it'}")
     if lut:
         lines.append(f"- the LUT's check of the dense supernet: {json.dumps(lut)}")
     if pruned.get("predicted_latency_ms") and pruned.get("latency_ms"):
