@@ -404,12 +404,33 @@ class FitRound:
     budget_ms: float
     #: every call's median (one call for a round clearly over the budget)
     calls_ms: tuple[float, ...] = ()
+    #: the budget in each call: a relative budget follows the dense network measured in it
+    call_budgets_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "target_ms": round(self.target_ms, 4),
                 "predicted_ms": round(self.predicted_ms, 4),
                 "measured_ms": round(self.measured_ms, 4), "budget_ms": round(self.budget_ms, 4),
-                "calls_ms": [round(c, 4) for c in self.calls_ms or (self.measured_ms,)]}
+                "calls_ms": [round(c, 4) for c in self.calls_ms or (self.measured_ms,)],
+                "call_budgets_ms": [round(b, 4) for b in
+                                    self.call_budgets_ms or (self.budget_ms,)]}
+
+    def describe(self) -> str:
+        """One line for the user: every call against its budget, and the verdict."""
+        calls = self.calls_ms or (self.measured_ms,)
+        budgets = self.call_budgets_ms or (self.budget_ms,) * len(calls)
+        measured = " / ".join(f"{c:.3f}" for c in calls)
+        if len(set(budgets)) == 1:
+            against = f"budget {budgets[0]:.3f} ms"
+        else:  # a relative budget: each call's own, from the dense network measured in it
+            against = "budgets " + " / ".join(f"{b:.3f}" for b in budgets) + " ms"
+        verdict = ("within the budget" if self.measured_ms <= self.budget_ms else
+                   "over the budget")
+        if len(calls) > 1:
+            verdict = ("every call " + verdict if self.measured_ms <= self.budget_ms else
+                       f"call {len(calls)} {verdict}")
+        return (f"fit round {self.round}: predicted {self.predicted_ms:.3f} ms, measured "
+                f"{measured} ms, {against}: {verdict}")
 
 
 def fit_to_budget(
@@ -466,7 +487,7 @@ def fit_to_budget(
                 break  # over the budget: no need to confirm
         measured, budget = max(judged, key=lambda pair: pair[0] / pair[1])
         history.append(FitRound(number, target_ms, predicted, measured, budget,
-                                tuple(m for m, _ in judged)))
+                                tuple(m for m, _ in judged), tuple(b for _, b in judged)))
         share = measured / budget
         if share <= 1.0 and (best is None or share > best[1]):
             best = (keep, share)

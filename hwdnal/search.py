@@ -633,11 +633,7 @@ class DnalSearch:
         keep, rounds = fit_to_budget(gated, dense, latency, self._example().cpu(), cache=cache)
         progress.fit_rounds = [r.to_dict() for r in rounds]
         for r in rounds:
-            calls = " / ".join(f"{c:.3f}" for c in r.calls_ms)
-            worst = f" (judged by the worst, {r.measured_ms:.3f})" if len(r.calls_ms) > 1 else ""
-            self.observer.message(
-                f"fit round {r.round}: predicted {r.predicted_ms:.3f} ms, measured {calls} ms"
-                f"{worst}, budget {r.budget_ms:.3f} ms")
+            self.observer.message(r.describe())
         return keep
 
     def _layer_table(self, gated: GatedModel) -> list[dict[str, Any]]:

@@ -241,6 +241,9 @@ def test_the_fit_keeps_a_round_only_when_every_call_is_within_the_budget(tmp_pat
     assert all(len(r.calls_ms) == MEASUREMENT_CALLS for r in kept)
     slow_rejected = [r for r in rounds if r.calls_ms[0] <= budget < r.measured_ms]
     assert slow_rejected, "some round was fast on its first call and slow on a later one"
+    assert slow_rejected[0].describe().endswith(
+        f"budget {budget:.3f} ms: call {len(slow_rejected[0].calls_ms)} over the budget")
+    assert kept[0].describe().endswith("every call within the budget")
     assert len(cache) == 2 * device.calls, "every call's pair of measurements is cached"
 
     pruned_ms = sum(p.numel() for p in subnetwork(model, keep, example).parameters()) / 1e4
@@ -268,3 +271,13 @@ def test_the_final_measurement_is_the_median_of_its_calls():
     assert pruned_ms.samples == 180
     assert "median of 3 device calls (1.000, 3.000, 1.100 ms)" in _budget_text(
         2.0, {"latency_ms": 1.1, "latency_calls_ms": [1.0, 3.0, 1.1]})
+
+
+def test_a_fit_round_against_a_relative_budget_names_each_calls_budget():
+    from hwdnal.budgeting import FitRound
+
+    round_ = FitRound(1, 0.14, 0.144, 0.145, 0.144, (0.142, 0.144, 0.145), (0.146, 0.147, 0.144))
+    assert round_.describe() == ("fit round 1: predicted 0.144 ms, measured 0.142 / 0.144 / "
+                                 "0.145 ms, budgets 0.146 / 0.147 / 0.144 ms: call 3 over "
+                                 "the budget")
+    assert round_.to_dict()["call_budgets_ms"] == [0.146, 0.147, 0.144]
