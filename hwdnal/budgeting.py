@@ -420,7 +420,7 @@ class FitRound:
         calls = self.calls_ms or (self.measured_ms,)
         budgets = self.call_budgets_ms or (self.budget_ms,) * len(calls)
         measured = " / ".join(f"{c:.3f}" for c in calls)
-        if len(set(budgets)) == 1:
+        if len({f"{b:.3f}" for b in budgets}) == 1:  # as printed
             against = f"budget {budgets[0]:.3f} ms"
         else:  # a relative budget: each call's own, from the dense network measured in it
             against = "budgets " + " / ".join(f"{b:.3f}" for b in budgets) + " ms"
