@@ -66,6 +66,36 @@ def test_min_seconds_runs_fast_networks_longer() -> None:
     assert measure(tiny, warmup=2, iterations=5, min_seconds=0.05).samples > 5
 
 
+class _Recorded:
+    """A compiled network that remembers how many runs each of its bursts asked for."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled, self.chunks = compiled, []
+
+    def timings(self, n: int) -> list[float]:
+        self.chunks.append(n)
+        return self.compiled.timings(n)
+
+
+def test_interleaved_bursts_last_at_least_burst_seconds() -> None:
+    """Bursts of 5 runs let two small networks evict each other's weights between bursts
+    (docs/design.md); with ``burst_seconds`` each burst of a fast network runs longer."""
+    runtime = runtimes.create("onnxruntime", threads=1)
+    fast = _Recorded(runtime.compile(export_onnx(nn.Conv2d(4, 4, 1), (1, 4, 8, 8)), None))
+    slow = _Recorded(runtime.compile(
+        export_onnx(nn.Conv2d(64, 64, 3, padding=1), (1, 64, 32, 32)), None))
+    measure_interleaved([fast, slow], warmup=5, iterations=40, burst=5)
+    assert max(fast.chunks[1:] + slow.chunks[1:]) == 5, "without it, bursts of 5 runs"
+    fast.chunks, slow.chunks = [], []
+    measure_interleaved([fast, slow], warmup=5, iterations=40, burst=5, burst_seconds=0.005)
+    assert fast.chunks[1] == 40, "a 10 µs network's 5 ms burst: all 40 runs at once"
+    assert min(slow.chunks[1:]) >= 1 and slow.chunks[1] >= 5
+    settings = TimingSettings.from_dict({"burst_seconds": 0.02})
+    assert settings.burst_seconds == 0.02 and settings.to_dict()["burst_seconds"] == 0.02
+    with pytest.raises(ValueError, match="burst_seconds"):
+        TimingSettings.from_dict({"burst_seconds": 60})
+
+
 def test_local_measurer_times_modules_and_onnx_interleaved() -> None:
     measurer = open_measurer(load_target("cpu"))
     assert measurer.where == "this machine" and measurer.fingerprint()["target"] == "cpu"

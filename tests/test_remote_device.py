@@ -171,7 +171,7 @@ def test_a_protocol_mismatch_is_one_line(tmp_path: Path, agent, monkeypatch):
     assert "\n" not in str(refused.value)
     monkeypatch.undo()
     with connect(agent.url, token=agent.token) as client:
-        assert client.hello()["protocol"] == 1
+        assert client.hello()["protocol"] == client_module.PROTOCOL_VERSION
 
 
 def test_a_target_file_names_its_agent_and_token_file(tmp_path: Path, agent):
@@ -183,7 +183,9 @@ def test_a_target_file_names_its_agent_and_token_file(tmp_path: Path, agent):
     done = hwdnal("targets", str(target), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (row,) = [line for line in done.stdout.splitlines() if "cpu-quick" in line]
-    assert agent.url in row and "yes (agent 0.1.0 on" in row
+    from hwdnal_agent import __version__ as agent_version
+
+    assert agent.url in row and f"yes (agent {agent_version} on" in row
 
 
 @pytest.mark.slow
@@ -222,8 +224,11 @@ def test_a_fit_resumes_from_the_rounds_it_measured(tmp_path: Path, agent, monkey
         gated, model, latency, example,
         cache=MeasurementCache(cache_file, measurer.fingerprint()))
     after = stats(agent)
+    # one device call per cached pair (a round that proposes a measured mask again reuses it)
+    calls = len(MeasurementCache(cache_file, measurer.fingerprint())) // 2
     measurer.close()
 
-    assert middle["measure"] - before["measure"] == sum(len(r.calls_ms) for r in rounds)
+    assert middle["measure"] - before["measure"] == calls
+    assert 1 <= calls <= sum(len(r.calls_ms) for r in rounds)
     assert after["measure"] == middle["measure"], "no round is measured twice"
     assert torch.equal(keep, again) and rounds == rounds_again

@@ -7,6 +7,6 @@ and outputs. Its runtime and timing code is also what hwdnal uses for local targ
 a latency means the same thing wherever it was taken.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 #: the wire protocol's version; a client and an agent of different versions refuse each other
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: timing settings carry burst_seconds

@@ -74,10 +74,16 @@ class Measurer(Protocol):
     def close(self) -> None: ...
 
 
+#: a whole network's interleaved bursts last at least this long: shorter ones let two small
+#: networks evict each other's weights between bursts (7-24% slower than alone, measured)
+WHOLE_NETWORK_BURST_SECONDS = 0.02
+
+
 def target_settings(target: Target, pre_seconds: float = 0.0) -> TimingSettings:
     """Whole-network timing settings of ``target``."""
     return TimingSettings(warmup=target.warmup, iterations=target.iterations,
-                          min_seconds=target.min_seconds, pre_seconds=pre_seconds)
+                          min_seconds=target.min_seconds, pre_seconds=pre_seconds,
+                          burst_seconds=WHOLE_NETWORK_BURST_SECONDS)
 
 
 def layer_settings(target: Target) -> TimingSettings:
