@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline_seconds = time.perf_counter() - baseline_started
     mobilenet = torch.load(args.runs / "mobilenet" / "dense.pt", weights_only=False).eval()
     # measured alone, one network at a time, as a deployed network runs (three calls, the
-    # median): two small ONNX Runtime sessions timed in alternating bursts slow each other
-    # (a network with many parallel branches far more), which a deployment never sees
+    # median); interleaved figures are printed beside them (bursts of at least 20 ms, which
+    # measure two small networks as alone: docs/design.md, *Measurement noise*)
     alone = [_measure_together(device, [mobilenet], shape)[0].median_ms for _ in range(3)]
     budget_ms = statistics.median(alone)
     print(f"mobilenet_v2_cifar: {baseline['dense']['accuracy']:.2%}, {budget_ms:.4f} ms",
@@ -181,8 +181,8 @@ def recheck(args: argparse.Namespace) -> int:
     lines = ["", "## Measured again", "",
              f"`python bench/supernet_vs_mobilenet.py --recheck {args.recheck}` "
              f"({datetime.now():%Y-%m-%d %H:%M}, load average before {load:.2f}): the two "
-             f"final networks, {args.recheck} calls that time them interleaved (bursts of a "
-             "few runs each, as the search measures), each followed by one call per network "
+             f"final networks, {args.recheck} calls that time them interleaved (in bursts, "
+             "as the search measures), each followed by one call per network "
              "alone (how a deployed network runs: one network, back to back).", "",
              "| call | mobilenet_v2_cifar (ms) | searched supernet (ms) | searched / mobilenet "
              "| alone: mobilenet (ms) | alone: searched (ms) | alone: ratio |",
@@ -275,10 +275,8 @@ def write_doc(args: argparse.Namespace, command: list[str], result: dict, rows: 
         "",
         "MobileNetV2 (CIFAR layout) was trained and measured first; its measured latency is "
         "the supernet's absolute budget. Latencies here are measured one network at a time "
-        "(the median of three calls), as a deployed network runs: two small ONNX Runtime "
-        "sessions timed in alternating bursts slow each other, the searched network with "
-        "its parallel branches far more (see *Measured again*). The search is the CLI, "
-        "exactly:",
+        "(the median of three calls), as a deployed network runs; interleaved figures "
+        "stand beside them (see *Measured again*). The search is the CLI, exactly:",
         "",
         "    " + " ".join(shlex.quote(c) for c in command),
         "",
