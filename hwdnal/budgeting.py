@@ -399,36 +399,45 @@ class FitRound:
     round: int
     target_ms: float
     predicted_ms: float
-    #: the worst call's latency and that call's budget: what the round was judged by
-    measured_ms: float
-    budget_ms: float
-    #: every call's median (one call for a round clearly over the budget)
-    calls_ms: tuple[float, ...] = ()
+    #: every call's median (one call for a round over the budget on its first)
+    calls_ms: tuple[float, ...]
     #: the budget in each call: a relative budget follows the dense network measured in it
-    call_budgets_ms: tuple[float, ...] = ()
+    call_budgets_ms: tuple[float, ...]
+
+    @property
+    def _worst(self) -> int:
+        shares = [m / b for m, b in zip(self.calls_ms, self.call_budgets_ms, strict=True)]
+        return shares.index(max(shares))
+
+    @property
+    def measured_ms(self) -> float:
+        """The worst call's latency: what the round is judged by."""
+        return self.calls_ms[self._worst]
+
+    @property
+    def budget_ms(self) -> float:
+        """The budget of the worst call."""
+        return self.call_budgets_ms[self._worst]
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "target_ms": round(self.target_ms, 4),
                 "predicted_ms": round(self.predicted_ms, 4),
                 "measured_ms": round(self.measured_ms, 4), "budget_ms": round(self.budget_ms, 4),
-                "calls_ms": [round(c, 4) for c in self.calls_ms or (self.measured_ms,)],
-                "call_budgets_ms": [round(b, 4) for b in
-                                    self.call_budgets_ms or (self.budget_ms,)]}
+                "calls_ms": [round(c, 4) for c in self.calls_ms],
+                "call_budgets_ms": [round(b, 4) for b in self.call_budgets_ms]}
 
     def describe(self) -> str:
         """One line for the user: every call against its budget, and the verdict."""
-        calls = self.calls_ms or (self.measured_ms,)
-        budgets = self.call_budgets_ms or (self.budget_ms,) * len(calls)
-        measured = " / ".join(f"{c:.3f}" for c in calls)
+        measured = " / ".join(f"{c:.3f}" for c in self.calls_ms)
+        budgets = self.call_budgets_ms
         if len({f"{b:.3f}" for b in budgets}) == 1:  # as printed
             against = f"budget {budgets[0]:.3f} ms"
         else:  # a relative budget: each call's own, from the dense network measured in it
             against = "budgets " + " / ".join(f"{b:.3f}" for b in budgets) + " ms"
-        verdict = ("within the budget" if self.measured_ms <= self.budget_ms else
-                   "over the budget")
-        if len(calls) > 1:
-            verdict = ("every call " + verdict if self.measured_ms <= self.budget_ms else
-                       f"call {len(calls)} {verdict}")
+        within = self.measured_ms <= self.budget_ms
+        verdict = "within the budget" if within else "over the budget"
+        if len(self.calls_ms) > 1:
+            verdict = "every call " + verdict if within else f"call {len(self.calls_ms)} {verdict}"
         return (f"fit round {self.round}: predicted {self.predicted_ms:.3f} ms, measured "
                 f"{measured} ms, {against}: {verdict}")
 
@@ -485,10 +494,10 @@ def fit_to_budget(
             judged.append((measured_now.median_ms, latency.budget_against(dense_now.median_ms)))
             if measured_now.median_ms > judged[-1][1]:
                 break  # over the budget: no need to confirm
-        measured, budget = max(judged, key=lambda pair: pair[0] / pair[1])
-        history.append(FitRound(number, target_ms, predicted, measured, budget,
-                                tuple(m for m, _ in judged), tuple(b for _, b in judged)))
-        share = measured / budget
+        fitted = FitRound(number, target_ms, predicted, tuple(m for m, _ in judged),
+                          tuple(b for _, b in judged))
+        history.append(fitted)
+        share = fitted.measured_ms / fitted.budget_ms
         if share <= 1.0 and (best is None or share > best[1]):
             best = (keep, share)
         if best is not None and best[1] >= 0.9:

@@ -276,11 +276,11 @@ def test_the_final_measurement_is_the_median_of_its_calls():
 def test_a_fit_round_against_a_relative_budget_names_each_calls_budget():
     from hwdnal.budgeting import FitRound
 
-    round_ = FitRound(1, 0.14, 0.144, 0.145, 0.144, (0.142, 0.144, 0.145), (0.146, 0.147, 0.144))
+    round_ = FitRound(1, 0.14, 0.144, (0.142, 0.144, 0.145), (0.146, 0.147, 0.144))
     assert round_.describe() == ("fit round 1: predicted 0.144 ms, measured 0.142 / 0.144 / "
                                  "0.145 ms, budgets 0.146 / 0.147 / 0.144 ms: call 3 over "
                                  "the budget")
     assert round_.to_dict()["call_budgets_ms"] == [0.146, 0.147, 0.144]
-    same = FitRound(2, 0.14, 0.141, 0.1443, 0.15201, (0.1441, 0.1443, 0.1439),
+    same = FitRound(2, 0.14, 0.141, (0.1441, 0.1443, 0.1439),
                     (0.15201, 0.15198, 0.15204))
     assert same.describe().endswith("ms, budget 0.152 ms: every call within the budget")

@@ -89,7 +89,7 @@ def test_interleaved_bursts_last_at_least_burst_seconds() -> None:
     fast.chunks, slow.chunks = [], []
     measure_interleaved([fast, slow], warmup=5, iterations=40, burst=5, burst_seconds=0.005)
     assert fast.chunks[1] == 40, "a 10 µs network's 5 ms burst: all 40 runs at once"
-    assert min(slow.chunks[1:]) >= 1 and slow.chunks[1] >= 5
+    assert 5 <= slow.chunks[1] < 40, "a slower network's bursts need fewer runs"
     settings = TimingSettings.from_dict({"burst_seconds": 0.02})
     assert settings.burst_seconds == 0.02 and settings.to_dict()["burst_seconds"] == 0.02
     with pytest.raises(ValueError, match="burst_seconds"):
