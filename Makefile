@@ -7,7 +7,7 @@ ARCH   := $(shell uname -m)
 # torch builds that install offline on this kind of machine; aarch64 has a CPU build of 2.9.1
 TORCH  := $(if $(filter aarch64,$(ARCH)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: install data demo test test-fast lint bench clean agent-venv
+.PHONY: install data demo test test-fast test-under-load lint bench clean agent-venv
 
 install: $(VENV)/.installed
 
@@ -49,6 +49,13 @@ test: data agent-venv
 	HWDNAL_AGENT_VENV=$(abspath $(AGENT_VENV)) $(PY) -m pytest -q -p no:cacheprovider --durations=10; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
 	exit $$rc
+
+# The tests whose outcome rests on measuring this CPU (-m latency: the budgeted searches, the
+# remote-agent search, the torchrun budget test) while two busy processes keep both cores
+# loaded: the figures move, the outcomes must not (docs/devices.md, "Under load").
+test-under-load: data agent-venv
+	HWDNAL_AGENT_VENV=$(abspath $(AGENT_VENV)) BUSY=2 bash scripts/under-load.sh \
+		$(PY) -m pytest -q -p no:cacheprovider -m latency --durations=10
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--calibrate", type=int, default=12)
     parser.add_argument("--validate", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lut-dir", default="profiles")
+    parser.add_argument("--lut-dir", default=None,
+                        help="where the LUTs go [default: the per-user profiles folder]")
     parser.add_argument("--out", default="docs/latency-fidelity.md")
     args = parser.parse_args()
 
@@ -58,8 +59,10 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory() as cache:
             result = profile_model(
-                target, model, name, int(size), channels, out=Path(args.lut_dir) /
-                default_lut_path(name, target.name, shape).name, calibrate=args.calibrate,
+                target, model, name, int(size), channels,
+                out=(Path(args.lut_dir) / default_lut_path(name, target.name, shape).name
+                     if args.lut_dir else default_lut_path(name, target.name, shape)),
+                calibrate=args.calibrate,
                 validate=args.validate, seed=args.seed, cache_dir=cache, progress=progress,
             )
         lut = result.lut

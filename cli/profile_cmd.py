@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import closing
+from contextlib import closing, nullcontext
 from pathlib import Path
 
 import typer
@@ -17,7 +17,8 @@ def profile(
     model: str = typer.Option(..., "--model", "-m", help="Model name (e.g. resnet18, resnet20)."),
     input_size: int = typer.Option(..., "--input-size", help="Input height and width, pixels."),
     out: Path | None = typer.Option(
-        None, "--out", help="LUT file [default: profiles/MODEL-TARGET-NxN.json]."
+        None, "--out", help="LUT file [default: MODEL-TARGET-NxN.json in $HWDNAL_PROFILES_DIR, "
+        "else ~/.cache/hwdnal/profiles]."
     ),
     num_classes: int = typer.Option(1000, "--num-classes", help="Classes of the model's head."),
     in_channels: int = typer.Option(3, "--in-channels", help="Input image channels."),
@@ -52,6 +53,7 @@ def profile(
     )
     from rich.table import Table
 
+    from hwdnal.cli.plain_log import CountLines, PlainLog
     from hwdnal.cli.search_cmd import check_number
     from hwdnal.devices import open_measurer
     from hwdnal.errors import UserError
@@ -86,19 +88,26 @@ def profile(
         if existing is not None:
             check_target(existing, measurer, str(path))
 
-    with closing(measurer), GracefulStop() as stop, Progress(
+    live = console.is_terminal  # in a pipe: a plain line at each tenth, nothing redrawn
+    bars = Progress(
         TextColumn("[bold]{task.description:<15}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
         console=console,
-    ) as bar:
+    ) if live else nullcontext()
+    with closing(measurer), GracefulStop() as stop, bars as bar:
         tasks: dict[str, int] = {}
+        counters: dict[str, CountLines] = {}
 
         def report(done: int, total: int, what: str) -> None:
             stage = "whole networks" if what == "whole networks" else "layer grid"
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=max(total, 1), what="")
-            bar.update(tasks[stage], completed=done, total=max(total, 1),
-                       what="" if what == stage else what[:40])
+            if bar is None:
+                counters.setdefault(stage, CountLines(PlainLog(), stage)).update(
+                    done, total, what)
+            else:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=max(total, 1), what="")
+                bar.update(tasks[stage], completed=done, total=max(total, 1),
+                           what="" if what == stage else what[:40])
             if stop.requested:  # after a whole batch: its measurements are in the cache
                 assert stop.signal_number is not None
                 raise Interrupted(f"profiling ({stage}, {done}/{total})", stop.signal_number)
@@ -129,7 +138,7 @@ def profile(
         v = lut.validation
         table.add_row("validation (held out)", f"{v['samples']} networks: median "
                       f"{100 * v['median_rel_error']:.1f}%, p95 {100 * v['p95_rel_error']:.1f}%")
-    Console().print(table)
+    Console(width=None if live else 200).print(table)
     typer.echo(
         f"{result.grid_points} layer measurements ({result.grid_measured_now} taken now) and "
         f"{result.networks_measured_now} whole networks in {result.seconds:.0f} s -> {result.path}"

@@ -1,4 +1,5 @@
-"""Rich progress for the search: one bar per epoch, a live line of metrics, a final table."""
+"""Progress for the search: live bars under a terminal, plain lines otherwise; a final table.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +17,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from hwdnal.cli.plain_log import PlainSearchObserver
 from hwdnal.search import SearchObserver
 
 console = Console(stderr=True)
+
+
+def live_display() -> bool:
+    """Whether progress may redraw in place: stderr is a terminal (rich's own test, which
+    also honours FORCE_COLOR and TTY_COMPATIBLE)."""
+    return console.is_terminal
+
+
+def search_observer() -> RichSearchObserver | PlainSearchObserver:
+    """Live bars under a terminal; one plain line per event in a pipe, a CI log or nohup."""
+    return RichSearchObserver() if live_display() else PlainSearchObserver()
 
 
 class RichSearchObserver(SearchObserver):
@@ -125,6 +138,7 @@ def print_summary(result: dict[str, Any], out: Path) -> None:
         table.add_row(label, fmt.format(dense[key]), fmt.format(pruned[key]), ratio_text)
     kept = sum(g["kept"] for g in result["groups"])
     total = sum(g["total"] for g in result["groups"])
-    Console().print(table)
-    Console().print(f"channels kept {kept}/{total} in {len(result['groups'])} groups; "
+    out_console = Console() if live_display() else Console(width=200)
+    out_console.print(table)
+    out_console.print(f"channels kept {kept}/{total} in {len(result['groups'])} groups; "
                     f"run directory {out} (result.json, pruned.pt)")

@@ -94,7 +94,7 @@ def search(
     Data-parallel on several GPUs or processes: torchrun --nproc-per-node N --no-python
     hwdnal search ... (--batch-size is then the global batch; rank 0 measures and writes).
     """
-    from hwdnal.cli.progress import RichSearchObserver, print_summary
+    from hwdnal.cli.progress import print_summary, search_observer
     from hwdnal.distributed import Cluster
     from hwdnal.interrupt import GracefulStop
     from hwdnal.search import DnalSearch, SearchConfig, SearchObserver
@@ -127,7 +127,7 @@ def search(
             with GracefulStop() as stop:
                 DnalSearch(config, out, SearchObserver(), stop, cluster).run()
             return
-        with GracefulStop() as stop, RichSearchObserver() as observer:
+        with GracefulStop() as stop, search_observer() as observer:
             result: dict[str, Any] = DnalSearch(config, out, observer, stop, cluster).run()
     finally:
         cluster.close()

@@ -304,7 +304,7 @@ def prepare_target_latency(
     ``lut_tolerance`` it is recalibrated or re-profiled, the loaded file left as it was;
     ``note`` receives the one line that says which.
     """
-    from hwdnal.latency.lut import Calibration, load_lut
+    from hwdnal.latency.lut import Calibration, Lut, load_lut
     from hwdnal.latency.pipeline import (
         check_reused_lut,
         default_lut_path,
@@ -317,6 +317,11 @@ def prepare_target_latency(
     step = target.profile.preferred_channel_step if channel_step is None else channel_step
     model = copy.deepcopy(model).cpu().eval()
     result = TargetLatency(target, measurer, input_shape, step, None, budget=budget)
+    given: Lut | None = None
+    if known and known.get("lut") and Path(known["lut"]).is_file():
+        lut_path = known["lut"]  # the LUT this run used (a corrected one, maybe)
+    if lut_path:  # a damaged or foreign file is named before anything is measured
+        given = load_lut(lut_path, result.device(), force=force_lut)
     if known:
         result.dense_ms, result.budget_ms = known["dense_ms"], known["budget_ms"]
         result.smallest_ms = known["smallest_ms"]
@@ -324,10 +329,8 @@ def prepare_target_latency(
         _measure_dense_and_smallest(result, model, example)  # an impossible budget stops here
     if budget is not None or lut_path:
         reused = True
-        if known and known.get("lut") and Path(known["lut"]).is_file():
-            lut_path = known["lut"]  # the LUT this run used (a corrected one, maybe)
-        if lut_path:
-            lut = load_lut(lut_path, result.device(), force=force_lut)
+        if given is not None:
+            lut = given
         else:
             path = default_lut_path(model_name, target.name, input_shape)
             lut = None
@@ -359,17 +362,29 @@ def prepare_target_latency(
     return result
 
 
+def reachable_latency(
+    measurer: Measurer, model: nn.Module, example: torch.Tensor, channel_step: int
+) -> tuple[float, float]:
+    """The dense network's and the smallest reachable network's measured medians (ms),
+    interleaved in one call: how much of a small network's time is per-op overhead depends
+    on the device, so which fractional budgets can be met is known only by measuring."""
+    model = copy.deepcopy(model).cpu().eval()
+    example = example.cpu()
+    gated = GatedModel(copy.deepcopy(model), example)
+    counts = minimal_counts(gated, channel_step)
+    smallest = subnetwork(model, _mask(gated, _ranked(gated), counts), example)
+    input_shape = (measurer.target.batch, *example.shape[1:])
+    dense_measured, smallest_measured = _measure_together(measurer, [model, smallest],
+                                                          input_shape)
+    return dense_measured.median_ms, smallest_measured.median_ms
+
+
 def _measure_dense_and_smallest(
     result: TargetLatency, model: nn.Module, example: torch.Tensor
 ) -> None:
     """Dense and smallest allowed network, interleaved; refuses a budget below the smallest."""
-    gated = GatedModel(copy.deepcopy(model), example.cpu())
-    counts = minimal_counts(gated, result.channel_step)
-    smallest = subnetwork(model, _mask(gated, _ranked(gated), counts), example)
-    dense_measured, smallest_measured = _measure_together(result.device(), [model, smallest],
-                                                          result.input_shape)
-    result.dense_ms = dense_measured.median_ms
-    result.smallest_ms = smallest_measured.median_ms
+    result.dense_ms, result.smallest_ms = reachable_latency(result.device(), model, example,
+                                                            result.channel_step)
     if result.budget is None:
         return
     result.budget_ms = result.budget.resolve(result.dense_ms)

@@ -13,6 +13,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(autouse=True)
+def profiles_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test profiles into its own folder: never the user's cache, never the checkout."""
+    folder = tmp_path / "profiles"
+    monkeypatch.setenv("HWDNAL_PROFILES_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def fashion_mnist_available() -> None:
     from hwdnal.data import DEBIAN_FASHION_MNIST

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from budgets import reachable_budget
 from tiny_run import quick_target
 
 from hwdnal.budget import parse_budget
@@ -94,6 +95,7 @@ def test_fit_to_latency_lands_under_the_target_and_uses_it():
 
 
 @pytest.mark.slow
+@pytest.mark.latency
 def test_an_infeasible_budget_exits_2_naming_the_smallest_reachable_latency(tmp_path: Path):
     done = subprocess.run(
         [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(tmp_path / "run"),
@@ -107,20 +109,23 @@ def test_an_infeasible_budget_exits_2_naming_the_smallest_reachable_latency(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.latency
 def test_budgeted_search_records_measured_and_predicted_latency(tmp_path: Path):
     run = tmp_path / "run"
     target = quick_target(tmp_path)  # a coarse grid: the LUT is profiled in seconds
+    budget = reachable_budget(target)
     done = subprocess.run(
         [sys.executable, "-m", "hwdnal.cli.app", "search", "--out", str(run),
-         "--target", str(target), "--data", "synthetic", "--input-size", "16", "--budget", "60%",
+         "--target", str(target), "--data", "synthetic", "--input-size", "16", "--budget", budget,
          "--train-subset", "512", "--test-subset", "128", "--batch-size", "64",
          "--epochs-weights", "1", "--epochs-arch", "2", "--epochs-finetune", "1"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((run / "result.json").read_text())
-    assert result["budget"] == "60%"
-    assert result["budget_ms"] == pytest.approx(0.6 * result["dense"]["latency_ms"])
+    assert result["budget"] == budget
+    assert result["budget_ms"] == pytest.approx(
+        float(budget.rstrip("%")) / 100 * result["dense"]["latency_ms"])
     for key in ("latency_ms", "predicted_latency_ms"):
         assert result["pruned"][key] > 0
     assert result["dense"]["latency_ms"] > 0 and result["speedup"] > 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from budgets import reachable_budget
 
 from hwdnal.distributed import Cluster, PeerError
 from hwdnal.errors import UserError
@@ -110,9 +111,11 @@ def test_two_ranks_and_one_process_find_architectures_of_the_same_size(two_rank_
     assert abs(kept_alone - kept_ranks) <= 0.05 * total, (kept_alone, kept_ranks, total)
 
 
+@pytest.mark.latency
 def test_a_budgeted_torchrun_search_measures_on_rank_0_and_compiles(tmp_path: Path):
     out = tmp_path / "run"
-    output = _finish(_torchrun(out, *SMALL, "--budget", "60%"))
+    budget = reachable_budget("cpu", input_size=28, in_channels=1)
+    output = _finish(_torchrun(out, *SMALL, "--budget", budget))
     result = json.loads((out / "result.json").read_text())
     assert result["distributed"]["world_size"] == 2
     assert result["budget_met"], result["fit_rounds"]

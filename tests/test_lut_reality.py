@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from budgets import reachable_budget
 
 from hwdnal.devices import open_measurer
 from hwdnal.latency.lut import load_lut
@@ -14,6 +15,8 @@ from hwdnal.latency.pipeline import check_reused_lut, profile_model, sibling_pat
 from hwdnal.models import create_model
 from hwdnal.search import DnalSearch, SearchConfig, SearchObserver
 from hwdnal.targets import load_target
+
+pytestmark = pytest.mark.latency  # every test here measures this CPU
 
 SIZE = 32  # resnet20 at 32x32: about a millisecond on one thread, well above timing noise
 
@@ -96,7 +99,7 @@ def test_a_search_recalibrates_a_lut_from_a_slower_machine(slow_lut, tmp_path: P
     config = SearchConfig(
         model="resnet20", data="synthetic", input_size=SIZE, train_subset=256, test_subset=128,
         batch_size=64, epochs_weights=1, epochs_arch=1, epochs_finetune=1,
-        target=str(target), budget="60%", lut=str(slow),
+        target=str(target), budget=reachable_budget(target, input_size=SIZE), lut=str(slow),
     )
     result = DnalSearch(config, tmp_path / "run", observer=observer).run()
 
@@ -162,7 +165,7 @@ def test_profile_again_measures_whole_networks_again_when_the_cache_is_off(slow_
 
 
 def test_the_default_lut_prefers_the_correction_an_earlier_run_wrote_beside_it(
-        slow_lut, tmp_path: Path, monkeypatch):
+        slow_lut, profiles_in_tmp: Path):
     import torch
 
     from hwdnal.budget import parse_budget
@@ -170,18 +173,19 @@ def test_the_default_lut_prefers_the_correction_an_earlier_run_wrote_beside_it(
     from hwdnal.latency.pipeline import default_lut_path
 
     target, slow = slow_lut
-    monkeypatch.chdir(tmp_path)
     spec = load_target(str(target))
     default = default_lut_path("resnet20", spec.name, (1, 3, SIZE, SIZE))
+    assert default.parent == profiles_in_tmp, "default LUTs live in HWDNAL_PROFILES_DIR"
     default.parent.mkdir(parents=True)
     default.write_bytes(slow.read_bytes())  # "committed": measured on a 3x slower machine
     model = create_model("resnet20", num_classes=10, in_channels=3)
     lines: list[str] = []
+    budget = reachable_budget(target, input_size=SIZE)
     measurer = open_measurer(spec)
     try:
         def prepare():
             return prepare_target_latency(spec, measurer, model, "resnet20",
-                                          torch.randn(1, 3, SIZE, SIZE), parse_budget("60%"),
+                                          torch.randn(1, 3, SIZE, SIZE), parse_budget(budget),
                                           None, False, None, None, note=lines.append,
                                           lut_tolerance=0.25)  # 3x off either way; noise not
         first = prepare()

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from budgets import reachable_budget
 from hwdnal_agent.client import connect
 from test_errors import assert_clear_error
 from tiny_run import copy_run, quick_target, tiny_run
@@ -88,11 +89,13 @@ def test_a_profile_with_validation_is_measured_by_an_exec_agent(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.latency
 def test_a_budgeted_search_measures_every_fit_round_on_the_agent(tmp_path: Path, agent):
     before = stats(agent)
     run = tmp_path / "run"
     done = hwdnal("search", "--out", str(run), "--target", str(quick_target(tmp_path)),
-                  "--data", "synthetic", "--input-size", "16", "--budget", "60%",
+                  "--data", "synthetic", "--input-size", "16",
+                  "--budget", reachable_budget(quick_target(tmp_path)),
                   "--train-subset", "256", "--test-subset", "128", "--batch-size", "64",
                   "--epochs-weights", "1", "--epochs-arch", "1", "--epochs-finetune", "1",
                   "--remote", agent.url, cwd=tmp_path, token=agent.token)
@@ -189,6 +192,7 @@ def test_a_target_file_names_its_agent_and_token_file(tmp_path: Path, agent):
 
 
 @pytest.mark.slow
+@pytest.mark.latency
 def test_a_fit_resumes_from_the_rounds_it_measured(tmp_path: Path, agent, monkeypatch):
     """A fit cut short re-runs deterministically; its measured rounds come from the cache."""
     import copy
@@ -203,13 +207,13 @@ def test_a_fit_resumes_from_the_rounds_it_measured(tmp_path: Path, agent, monkey
     from hwdnal.models import create_model
     from hwdnal.targets import load_target
 
-    monkeypatch.chdir(tmp_path)  # the LUT lands in ./profiles
     monkeypatch.setenv("HWDNAL_AGENT_TOKEN", agent.token)
     target = load_target(quick_target(tmp_path)).with_remote(agent.url)
     measurer = open_measurer(target)
     model, example = create_model("resnet20", 10, 3).eval(), torch.randn(1, 3, 16, 16)
     latency = prepare_target_latency(target, measurer, model, "resnet20", example,
-                                     parse_budget("60%"), None, False, None, None)
+                                     parse_budget(reachable_budget(quick_target(tmp_path))),
+                                     None, False, None, None)
     gated = GatedModel(copy.deepcopy(model), example)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -22,6 +22,7 @@ from hwdnal.devices.measurer import Measurement, Measurer, layer_settings, targe
 from hwdnal.gated import GatedModel
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.calibration import error_summary, fit_correction, random_subnetworks
+from hwdnal.latency.folder import profiles_folder
 from hwdnal.latency.lut import Calibration, Lut
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.latency.profiler import build_entries, discover_layers, measure_grid, plan_grid
@@ -29,7 +30,6 @@ from hwdnal.targets import Target, fingerprint_differences
 
 Progress = Callable[[int, int, str], None]
 NETWORK_BATCH = 12  # whole networks compiled and timed together
-DEFAULT_FOLDER = Path("profiles")
 
 
 @dataclass
@@ -52,9 +52,10 @@ def input_shape_for(
 
 
 def default_lut_path(model_name: str, target_name: str, input_shape: Sequence[int]) -> Path:
+    """``MODEL-TARGET-HxW.json`` in the per-user profiles folder (:func:`profiles_folder`)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name)
     size = "x".join(str(d) for d in input_shape[2:])
-    return DEFAULT_FOLDER / f"{safe}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', target_name)}-{size}.json"
+    return profiles_folder() / f"{safe}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', target_name)}-{size}.json"
 
 
 def profile_model(
