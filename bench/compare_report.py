@@ -164,6 +164,11 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         "## 6. What each part of the recipe contributes",
         "",
         *contribution_table(table),
+        "",
+        "The architecture stage's own ablations, each change measured against the one before "
+        "it on one set of dense weights (which part lets the stage see what a channel is "
+        "worth, where its mask lands against the budget, how much the fit changes): "
+        "[arch-stage.md](arch-stage.md), written by `python bench/arch_ablation.py`.",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

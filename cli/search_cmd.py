@@ -34,7 +34,30 @@ def search(
     test_subset: int | None = typer.Option(None, help="Evaluate on N held-out examples only."),
     lr: float = typer.Option(0.1, help="Learning rate of the weight stage."),
     finetune_lr: float = typer.Option(0.02, help="Learning rate of finetuning."),
-    arch_lr: float = typer.Option(0.2, help="Learning rate of the gate parameters."),
+    arch_lr: float | None = typer.Option(
+        None, help="Learning rate of the gate parameters [default: 0.05 with Adam, 0.2 with SGD]."
+    ),
+    arch_optimizer: str = typer.Option(
+        "adam", help="Optimizer of the gate parameters: adam or sgd (momentum 0.9)."
+    ),
+    arch_batchnorm: str = typer.Option(
+        "running", help="BatchNorm in the architecture stage: running (the dense network's "
+        "statistics, so the loss sees a group's width) or batch (batch statistics)."
+    ),
+    gate_init: float = typer.Option(
+        3.0, help="Gate parameter s at the start of the architecture stage (3: all open)."
+    ),
+    arch_momentum: float = typer.Option(
+        0.0, min=0.0, max=0.999, help="Adam's β1 for the gate parameters."
+    ),
+    latency_control: str = typer.Option(
+        "switch", help="The latency weight: switch (10 over the budget, 0 under) or dual "
+        "(dual ascent at --latency-rate)."
+    ),
+    latency_gradient: str = typer.Option(
+        "secant", help="The latency term's gradient: secant (a channel's average cost in the "
+        "LUT) or local (the LUT's slope, flat at full width on CPUs)."
+    ),
     seed: int = typer.Option(0, help="Seed of initialisation, subsets and batch order."),
     weights: str | None = typer.Option(
         None, help="Start from trained weights (a state dict, or a dict with 'model' or "
@@ -62,7 +85,10 @@ def search(
     channel_step: int | None = typer.Option(
         None, help="Keep channel counts multiples of N (default: the target's preference)."
     ),
-    latency_rate: float = typer.Option(0.05, help="Dual-ascent rate of the latency weight."),
+    latency_rate: float | None = typer.Option(
+        None, help="Dual-ascent rate of the latency weight [default: 10 / the architecture "
+        "stage's steps]."
+    ),
     compile: bool = typer.Option(True, help="Measure the result on the target at the end."),
     remote: str | None = remote_option(),
     amp: str = typer.Option(
@@ -104,6 +130,9 @@ def search(
         train_subset=train_subset, test_subset=test_subset, skip_bad_images=skip_bad_images,
         epochs_weights=epochs_weights, epochs_arch=epochs_arch, epochs_finetune=epochs_finetune,
         batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr,
+        arch_optimizer=arch_optimizer, arch_batchnorm=arch_batchnorm, gate_init=gate_init,
+        arch_momentum=arch_momentum, latency_control=latency_control,
+        latency_gradient=latency_gradient,
         lambda_a=lambda_a, seed=seed, weights=weights,
         trust_weights_pickle=trust_weights_pickle, device=device, target=target, budget=budget,
         lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
@@ -160,10 +189,20 @@ def check_options(config: Any) -> None:
         value = getattr(config, name, None)
         if value is not None:
             check_number(flag, value, minimum, inclusive)
-    if getattr(config, "distill", 0) > 1:
-        from hwdnal.errors import UserError
+    from hwdnal.errors import UserError
 
+    if getattr(config, "distill", 0) > 1:
         raise UserError(f"--distill is a share between 0 and 1, got {config.distill}")
+    for flag, name, allowed in (("--arch-optimizer", "arch_optimizer", ("adam", "sgd")),
+                                ("--arch-batchnorm", "arch_batchnorm", ("running", "batch")),
+                                ("--latency-control", "latency_control", ("switch", "dual")),
+                                ("--latency-gradient", "latency_gradient",
+                                 ("secant", "local"))):
+        value = getattr(config, name, allowed[0])
+        if value not in allowed:
+            raise UserError(f"{flag} must be {' or '.join(allowed)}, got '{value}'")
+    if not math.isfinite(getattr(config, "gate_init", 0.0)):
+        raise UserError(f"--gate-init must be a finite number, got {config.gate_init}")
 
 
 def check_number(flag: str, value: float, minimum: float, inclusive: bool = True) -> None:

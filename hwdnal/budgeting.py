@@ -43,24 +43,45 @@ from hwdnal.targets import Target
 
 @dataclass
 class LatencyConstraint:
-    """Dual ascent on ``predicted latency ≤ budget`` (the multiplier is the term's weight)."""
+    """``predicted latency ≤ budget`` as a loss term whose weight is controlled each step.
+
+    ``control="dual"``: dual ascent, the weight grows by ``rate`` per unit of excess and
+    shrinks as slowly, so it overshoots once gates close in a rush. ``"switch"``: the weight
+    is ``switch_weight`` while the network is over the aim and 0 below it, so the
+    cross-entropy alone reopens the channels it misses as soon as the budget is met.
+    """
 
     model: LatencyModel
     budget_ms: float
     rate: float = 0.05
+    control: str = "dual"
+    switch_weight: float = 10.0
     #: aim a little under the budget: the device measurement is the judge, not the LUT
     aim: float = 0.97
+
+    #: the gradient of the average cost per channel (``LatencyModel.secant_gradient``):
+    #: a CPU's flat steps at full width would leave open gates without latency pressure
+    secant_gradient: bool = True
 
     def term(self) -> GateLossTerm:
         return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self.ascend)
 
     def _relative_latency(self, gated: GatedModel) -> torch.Tensor:
-        return self.model.predict_gated(gated) / self.budget_ms
+        before = self.model.secant_gradient
+        self.model.secant_gradient = self.secant_gradient
+        try:
+            return self.model.predict_gated(gated) / self.budget_ms
+        finally:
+            self.model.secant_gradient = before
 
     def ascend(self, term: GateLossTerm, relative: torch.Tensor) -> None:
         """One dual-ascent step on the value the training step computed, on the gates'
         device: no host read per step. In double precision, as a Python float would be."""
-        step = self.rate * (relative.detach().double() - self.aim)
+        relative = relative.detach().double()
+        if self.control == "switch":
+            term.weight = self.switch_weight * (relative > self.aim).double()
+            return
+        step = self.rate * (relative - self.aim)
         term.weight = torch.clamp_min(torch.as_tensor(term.weight, dtype=torch.float64,
                                                       device=relative.device) + step, 0.0)
 

@@ -25,6 +25,12 @@ from torch import nn
 #: DNAL keeps a channel when its gate exceeds this value at the end of the search.
 KEEP_THRESHOLD = 0.9
 
+#: The least a soft gate passes on. A gate sits before a ReLU, and ReLU'(0) = 0: a channel
+#: multiplied by exactly 0 would get no gradient from the cross-entropy and never reopen.
+#: Passing 1e-3 of it keeps ``g·relu(z) = relu(g·z)`` differentiable in g, so a closed
+#: gate still hears what reopening it is worth (docs/benchmarks.md, section 6).
+SOFT_FLOOR = 1e-3
+
 
 class GateMode(StrEnum):
     """How a gate acts on the channels it guards."""
@@ -34,12 +40,16 @@ class GateMode(StrEnum):
     HARD = "hard"  # x · 1[sigmoid(δs) > KEEP_THRESHOLD]: what pruning will produce
 
 
-def straight_through_sigmoid(s: torch.Tensor, delta: float) -> torch.Tensor:
-    """``sigmoid(δs)`` in the forward pass, the gradient of ``sigmoid(s)`` in the backward."""
+def straight_through_sigmoid(s: torch.Tensor, delta: float, floor: float = 0.0) -> torch.Tensor:
+    """``max(sigmoid(δs), floor)`` in the forward pass, the gradient of ``sigmoid(s)`` in
+    the backward."""
     surrogate = torch.sigmoid(s)
-    if delta == 1.0:
+    if delta == 1.0 and floor <= 0.0:
         return surrogate
-    return surrogate + (torch.sigmoid(s * delta) - surrogate).detach()
+    value = torch.sigmoid(s * delta)
+    if floor > 0.0:
+        value = value.clamp_min(floor)
+    return surrogate + (value - surrogate).detach()
 
 
 class ScaledSigmoidGate(nn.Module):
@@ -51,6 +61,8 @@ class ScaledSigmoidGate(nn.Module):
         self.name = name
         self.mode = GateMode.OFF
         self.delta = 1.0
+        #: the least value the soft gate passes on (:data:`SOFT_FLOOR` in the search)
+        self.floor = 0.0
 
     @property
     def num_channels(self) -> int:
@@ -62,7 +74,7 @@ class ScaledSigmoidGate(nn.Module):
             return None
         if self.mode is GateMode.HARD:
             return self.binary().to(self.s.dtype)
-        return straight_through_sigmoid(self.s, self.delta)
+        return straight_through_sigmoid(self.s, self.delta, self.floor)
 
     def probability(self) -> torch.Tensor:
         """Differentiable keep-probability of each channel (what the cost terms read)."""

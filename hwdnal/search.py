@@ -34,6 +34,7 @@ from hwdnal.budgeting import (
     TargetLatency,
     final_latency,
     fit_to_budget,
+    predicted_ms,
     prepare_target_latency,
 )
 from hwdnal.complexity import params_and_macs
@@ -43,7 +44,7 @@ from hwdnal.distillation import Distillation
 from hwdnal.distributed import Cluster, revert_sync_batchnorm, to_sync_batchnorm
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
-from hwdnal.gates import DeltaSchedule, GateMode
+from hwdnal.gates import SOFT_FLOOR, DeltaSchedule, GateMode
 from hwdnal.interrupt import GracefulStop, Interrupted
 from hwdnal.latency.alignment import align_keep_mask
 from hwdnal.latency.cache import MeasurementCache
@@ -53,7 +54,14 @@ from hwdnal.models.proxyless_supernet import describe_blocks
 from hwdnal.prune import prune_physically
 from hwdnal.run import RunDir
 from hwdnal.targets import Target, load_target
-from hwdnal.train import LossTerm, StepValues, TrainSettings, evaluate, train_epoch
+from hwdnal.train import (
+    LossTerm,
+    StepValues,
+    TrainSettings,
+    evaluate,
+    recalibrate_batchnorm,
+    train_epoch,
+)
 
 STAGES = ("weights", "architecture", "prune", "finetune")
 
@@ -79,7 +87,28 @@ class SearchConfig:
     lr: float = 0.1
     finetune_lr: float = 0.02
     weight_decay: float = 5e-4
-    arch_lr: float = 0.2
+    #: the gate parameters' learning rate (None: with Adam, 3·gate_init over the stage's
+    #: steps, so that a gate pushed shut all along crosses 0 a third of the way in, however
+    #: long the stage; 0.2 with SGD)
+    arch_lr: float | None = None
+    #: "adam" moves each s by about the lr in the direction its loss terms agree on, so a
+    #: channel closes when the latency term outweighs what the cross-entropy says it is
+    #: worth, whatever the gradients' scale; "sgd" (momentum 0.9) is the earlier recipe
+    arch_optimizer: str = "adam"
+    #: Adam's β1 for the gates: momentum carries closing gates on after the network is
+    #: under its budget
+    arch_momentum: float = 0.0
+    #: BatchNorm in the architecture stage: "running" (the dense network's statistics,
+    #: frozen: the loss sees how wide a group is) or "batch" (batch statistics, which
+    #: normalise a group's scale away)
+    arch_batchnorm: str = "running"
+    #: s at the start of the architecture stage (3: every gate open, sigmoid(3) = 0.95)
+    gate_init: float = 3.0
+    #: the least a soft gate passes on, so that a closed gate still gets a gradient
+    gate_floor: float = SOFT_FLOOR
+    #: the latency term's gradient: "secant" (a channel's average cost over the LUT's
+    #: range) or "local" (the LUT's slope where the counts are: flat at full width on CPUs)
+    latency_gradient: str = "secant"
     lambda_a: float = 0.1
     seed: int = 0
     weights: str | None = None
@@ -97,7 +126,13 @@ class SearchConfig:
     lut_tolerance: float = 0.10
     #: keep each group's channel count a multiple of this (None: the target's preference)
     channel_step: int | None = None
-    latency_rate: float = 0.05
+    #: the latency weight's dual-ascent step per unit of excess (None: 10 over the
+    #: stage's steps, so that the weight reaches the same size by the end however long
+    #: the stage; 20 overshot to 47% of the budget, 10 landed at 97%: docs/arch-stage.md)
+    latency_rate: float | None = None
+    #: how the latency term's weight follows the excess: "dual" (dual ascent at
+    #: ``latency_rate``) or "switch" (10 while over the budget, 0 under it)
+    latency_control: str = "switch"
     compile: bool = True
     #: mixed precision of the forward passes: "auto" (bf16 on a GPU that has it, else
     #: off), "bf16" or "off"; the CPU trains in full precision unless "bf16" is asked for
@@ -150,6 +185,9 @@ class _Progress:
     groups: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
     fit_rounds: list[dict[str, float]] = field(default_factory=list)
+    #: the architecture stage's own mask (channels, LUT latency against the budget), how
+    #: many channels the fit changed, and the pruned network's accuracy before finetuning
+    arch_mask: dict[str, Any] = field(default_factory=dict)
     #: each rank's hash of the keep mask after the architecture stage (they must agree)
     mask_digests: list[str] = field(default_factory=list)
 
@@ -326,6 +364,7 @@ class DnalSearch:
             "arch_history": progress.arch_history,
             "arch_curve": progress.arch_curve,
             "fit_rounds": progress.fit_rounds,
+            "arch_mask": progress.arch_mask,
             "distributed": {**self.cluster.describe(),
                             "keep_mask_digests": progress.mask_digests},
             "artifacts": {"pruned_model": "pruned.pt", "dense_model": "dense.pt",
@@ -377,8 +416,11 @@ class DnalSearch:
                 f"budget {latency.budget_ms:.3f} ms on '{target.name}' (dense network "
                 f"{latency.dense_ms:.3f} ms, smallest reachable {latency.smallest_ms:.3f} ms)"
             )
-            constraint = LatencyConstraint(latency.latency_model, latency.budget_ms,
-                                           rate=config.latency_rate)
+            steps = max(config.epochs_arch * steps_per_epoch(self.data, config.batch_size), 1)
+            rate = config.latency_rate if config.latency_rate is not None else 10.0 / steps
+            constraint = LatencyConstraint(latency.latency_model, latency.budget_ms, rate=rate,
+                                           control=config.latency_control,
+                                           secant_gradient=config.latency_gradient == "secant")
             self.add_loss_term(constraint.term())
         return latency
 
@@ -508,12 +550,18 @@ class DnalSearch:
         started = time.perf_counter()
         for parameter in gated.model.parameters():
             parameter.requires_grad_(False)
-        _batchnorm_follows_batches(gated.model)
+        if config.arch_batchnorm == "batch":
+            _batchnorm_follows_batches(gated.model)
+        else:
+            gated.model.eval()  # the dense network's statistics: scaling a group is seen
+        with torch.no_grad():
+            gated.gate.s.fill_(config.gate_init)
+        gated.gate.floor = config.gate_floor
         gated.set_mode(GateMode.SOFT)
         steps = steps_per_epoch(self.data, config.batch_size)
         epochs = config.epochs_arch
         schedule = DeltaSchedule(max(epochs * steps, 1))
-        optimizer = torch.optim.SGD(gated.gate.parameters(), lr=config.arch_lr, momentum=0.9)
+        optimizer = _arch_optimizer(gated, config, max(epochs * steps, 1))
         terms: list[LossTerm] = [SparsityTerm(gated, config.lambda_a), *self.extra_terms]
         checkpoint = self._load_checkpoint("architecture")
         if checkpoint is not None:
@@ -604,14 +652,30 @@ class DnalSearch:
         # the ranks trained the same gates: their masks must agree before anything is cut
         progress.mask_digests = self.cluster.check_same("keep mask after the architecture stage",
                                                      keep)
+        stage_keep = keep.clone()
+        progress.arch_mask = {"kept": int(keep.sum()), "total": int(keep.numel())}
+        if latency.latency_model is not None:
+            predicted = predicted_ms(gated, latency.latency_model, keep)
+            progress.arch_mask["predicted_ms"] = round(predicted, 5)
+            if latency.budget_ms:
+                progress.arch_mask["of_budget"] = round(predicted / latency.budget_ms, 4)
         if latency.budget_ms is not None:
             keep = self.cluster.run_on_main(lambda: self._fit(progress, gated, keep))
         elif latency.channel_step > 1:
             keep = align_keep_mask(gated, keep, latency.channel_step)
+        progress.arch_mask["fit_changed"] = int((keep.cpu() != stage_keep.cpu()).sum())
+        facts = progress.arch_mask
+        if "of_budget" in facts:
+            self.observer.message(
+                f"the architecture stage kept {facts['kept']}/{facts['total']} channels, "
+                f"{facts['predicted_ms']:.3f} ms by the LUT ({facts['of_budget']:.0%} of the "
+                f"budget); the fit changed {facts['fit_changed']} channel(s)")
         gated.set_keep_mask(keep.to(gated.gate.s.device))
         progress.groups = gated.kept_per_group()
         progress.layers = self._layer_table(gated)
         pruned = prune_physically(gated)
+        progress.arch_mask["accuracy_before_finetune"] = evaluate(
+            self._recalibrated(copy.deepcopy(pruned)), self.data, cluster=self.cluster)
         for parameter in pruned.parameters():
             parameter.requires_grad_(True)
         self._on_main(lambda: self.run_dir.save_checkpoint(
@@ -742,12 +806,21 @@ class DnalSearch:
                 "bench")
 
     # -- stage 4: finetune ---------------------------------------------------------------
+    def _recalibrated(self, pruned: nn.Module) -> nn.Module:
+        """BatchNorm statistics recomputed for the pruned network (the same on every rank)."""
+        assert self.data is not None
+        recalibrate_batchnorm(pruned, self.data, self.config.batch_size,
+                              seed=self.config.seed * 1000 + 700)
+        self.cluster.sync_module(pruned)
+        return pruned
+
     def _stage_finetune(self, progress: _Progress, pruned: nn.Module,
                         dense: nn.Module) -> nn.Module:
         config = self.config
         if "finetune" in progress.finished:
             return self._load_module(self.run_dir.path / "pruned.pt")
         started = time.perf_counter()
+        pruned = self._recalibrated(pruned)
         if config.epochs_finetune > 0:
             teacher = None
             if config.distill > 0:  # a copy: the dense network itself is measured later
@@ -807,6 +880,24 @@ def _save_on_cpu(path: Path, model: nn.Module) -> None:
     device = next(model.parameters()).device
     save_torch(path, model.cpu())
     model.to(device)
+
+
+def arch_lr(config: SearchConfig, total_steps: int) -> float:
+    """The gate parameters' learning rate (see ``SearchConfig.arch_lr``)."""
+    if config.arch_lr is not None:
+        return config.arch_lr
+    if config.arch_optimizer == "adam":
+        return 3.0 * max(config.gate_init, 1.0) / max(total_steps, 1)
+    return 0.2
+
+
+def _arch_optimizer(gated: GatedModel, config: SearchConfig,
+                    total_steps: int) -> torch.optim.Optimizer:
+    if config.arch_optimizer == "adam":
+        return torch.optim.Adam(gated.gate.parameters(), lr=arch_lr(config, total_steps),
+                                betas=(config.arch_momentum, 0.999))
+    return torch.optim.SGD(gated.gate.parameters(), lr=arch_lr(config, total_steps),
+                           momentum=0.9)
 
 
 def _batchnorm_follows_batches(model: nn.Module) -> None:

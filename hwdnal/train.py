@@ -192,6 +192,34 @@ def evaluate(model: nn.Module, data: DataSpec, batch_size: int = 512,
     return int(correct) / max(int(seen), 1)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: DataSpec, batch_size: int = 128,
+                          batches_used: int = 20, seed: int = 0) -> None:
+    """Every BatchNorm's running statistics recomputed on training batches (a cumulative
+    average), weights untouched. Removing channels moves the statistics of the layers that
+    read them: a pruned network on its dense network's statistics can sit near chance until
+    recalibrated (NetAdapt, AutoSlim do the same before judging a candidate)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.eval()
+    for m in norms:
+        m.train()
+    device = _device_of(model)
+    for k, (images, _) in enumerate(batches(data, "train", batch_size, shuffle=True, seed=seed)):
+        if k >= batches_used:
+            break
+        model(images.to(device, non_blocking=True))
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")

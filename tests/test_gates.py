@@ -84,3 +84,66 @@ def test_expected_channel_counts_are_differentiable_at_delta_1e4():
     assert counts["5"].in_channels.item() == pytest.approx(1.0, abs=1e-6)
     assert counts["5"].out_channels.item() == 2  # class logits are never gated
     assert not math.isnan(float(gated.sparsity().detach()))
+
+
+def _closed_channel_gradient(floor: float) -> torch.Tensor:
+    """The gradient the cross-entropy sends to the useful channel's gate once it is closed
+    (s = -0.01 at δ = 1e4: sigmoid(-100) ≈ 4e-44), with the gate before the ReLU."""
+    from hwdnal.gates import SOFT_FLOOR
+
+    net = _useful_and_harmful_channel_net()
+    labels = torch.tensor([0, 1, 0, 1])
+    images = labels.float().view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    gated = GatedModel(net, images)
+    gated.set_mode(GateMode.SOFT)
+    gated.set_delta(1e4)
+    gated.gate.floor = SOFT_FLOOR if floor else 0.0
+    with torch.no_grad():
+        gated.gate.s.copy_(torch.tensor([-0.01, 0.01]))
+    F.cross_entropy(gated(images), labels).backward()
+    return gated.gate.s.grad[0]
+
+
+def test_a_closed_gate_still_hears_the_cross_entropy():
+    """A gate sits before a ReLU, and ReLU'(0) = 0: multiplied by exactly 0, a channel gets
+    no gradient and never reopens (the ratchet). The soft gate's floor keeps it audible,
+    with the sign that says reopening the useful channel lowers the loss."""
+    assert _closed_channel_gradient(floor=0.0) == 0.0
+    assert _closed_channel_gradient(floor=1.0) < -1e-4
+
+
+def test_scaling_a_group_changes_the_loss_with_running_statistics():
+    """With BatchNorm on batch statistics a group's common scale is normalised away:
+    Σ g·∂L/∂g = 0 and the cross-entropy cannot say how wide the group should be. On the
+    dense network's running statistics (the architecture stage's default) it can."""
+    from conftest import calibrate_batchnorm
+
+    from hwdnal.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    calibrate_batchnorm(model, (32, 1, 16, 16))
+    images, labels = torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))
+
+    def scale_sensitivity(batch_statistics: bool) -> list[float]:
+        gated = GatedModel(model, images[:2])
+        gated.set_mode(GateMode.SOFT)
+        gated.model.eval()
+        if batch_statistics:
+            for module in gated.model.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.train()
+        with torch.no_grad():
+            gated.gate.s.fill_(0.5)
+        F.cross_entropy(gated(images), labels).backward()
+        values = gated.gate().detach()
+        g_dl = (gated.gate.s.grad / (values * (1 - values))) * values  # g · ∂L/∂g
+        sums = [float(g_dl[g.start:g.stop].sum()) for g in gated.plan.groups]
+        gated.detach_gates()
+        return sums
+
+    batch = scale_sensitivity(True)
+    running = scale_sensitivity(False)
+    # groups read by BatchNorm only (not the classifier's input group) lose their scale
+    assert sum(abs(v) < 1e-5 for v in batch) >= len(batch) - 2, batch
+    assert sum(abs(v) > 1e-4 for v in running) >= len(running) - 1, running

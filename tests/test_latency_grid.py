@@ -120,3 +120,25 @@ def test_one_point_axes_interpolate_constantly_with_no_gradient(device: str) -> 
                         torch.tensor([[2.5]], **f64), torch.tensor(7.0, **f64),
                         torch.tensor(99.0, **f64))
     assert float(alone) == 2.5
+
+
+def test_a_secant_gradient_prices_channels_where_the_table_is_flat() -> None:
+    """A CPU's time moves in steps: here 48 and 64 output channels measure the same, so the
+    local slope at full width is 0 and a gate that starts open would feel no latency at all.
+    The secant gradient keeps the value and prices every channel at its average cost."""
+    from hwdnal.latency.grid import interpolate_grids, stack_grids
+
+    table = [[1.0, 2.0, 3.0, 3.0], [2.0, 4.0, 6.0, 6.0]]  # in 8, 16; out 16, 32, 48, 64
+    grids = stack_grids([([8, 16], [16, 32, 48, 64], table)])
+    for secant in (False, True):
+        cin = torch.tensor([16.0], dtype=torch.float64, requires_grad=True)
+        cout = torch.tensor([63.0], dtype=torch.float64, requires_grad=True)
+        value = interpolate_grids(grids, cin, cout, secant_gradient=secant)
+        assert float(value.detach()) == pytest.approx(6.0)
+        value.sum().backward()
+        if secant:
+            assert float(cout.grad) == pytest.approx((6.0 - 2.0) / (64 - 16))
+            at_63 = (63 - 16) / 48  # the corner plane between out 16 and 64
+            assert float(cin.grad) == pytest.approx(((2 + 4 * at_63) - (1 + 2 * at_63)) / 8)
+        else:
+            assert float(cout.grad) == 0.0

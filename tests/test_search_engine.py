@@ -153,3 +153,37 @@ def test_torch_compile_trains_the_plain_networks_and_prunes_the_same_way(tmp_pat
     pruned = torch.load(tmp_path / "run" / "pruned.pt", weights_only=False)
     assert type(pruned).__name__ == "CifarResNet", "the delivered network is not the wrapper"
     assert result["pruned"]["params"] == sum(p.numel() for p in pruned.parameters())
+
+
+@pytest.mark.slow
+def test_without_pressure_the_architecture_stage_keeps_the_network(tmp_path: Path,
+                                                                   fashion_mnist_available):
+    """λa = 0 and no latency term: nothing asks for a smaller network, so the stage keeps
+    (almost) every channel. With batch statistics and gates starting half open it ended near
+    the smallest network all the same: the gates ratcheted shut."""
+    config = SearchConfig(model="resnet20", data="fashion-mnist", train_subset=4000,
+                          test_subset=1000, batch_size=64, epochs_weights=1, epochs_arch=2,
+                          epochs_finetune=0, lambda_a=0.0, compile=False)
+    result = DnalSearch(config, tmp_path / "run").run()
+    arch = result["arch_mask"]
+    assert arch["kept"] >= 0.95 * arch["total"], result["arch_history"]
+    assert arch["accuracy_before_finetune"] >= result["dense"]["accuracy"] - 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.latency
+def test_with_a_budget_the_stage_itself_lands_near_it(tmp_path: Path, fashion_mnist_available):
+    """The demo's settings and budget (50%, or half-way to the smallest reachable network
+    where this CPU cannot come near 50%): the architecture stage's own mask, before the fit
+    measures anything, is within ±15% of the budget by the LUT; the fit only adjusts it."""
+    from budgets import reachable_budget, reachable_fraction
+
+    floor = reachable_fraction("cpu", input_size=28, in_channels=1, where=0.0)
+    budget = "50%" if floor < 0.45 else reachable_budget("cpu", input_size=28, in_channels=1)
+    config = SearchConfig(model="resnet20", data="fashion-mnist", train_subset=20000,
+                          test_subset=2000, epochs_weights=4, epochs_arch=1, epochs_finetune=0,
+                          budget=budget, compile=False)
+    result = DnalSearch(config, tmp_path / "run").run()
+    arch = result["arch_mask"]
+    assert 0.85 <= arch["of_budget"] <= 1.15, (budget, arch, result["arch_curve"][-5:])
+    assert arch["fit_changed"] < 0.5 * arch["total"], arch

@@ -129,7 +129,8 @@ def _pad_axis(axis: list[float], size: int) -> list[float]:
 
 
 def interpolate_grids(
-    grids: Grids, in_channels: torch.Tensor, out_channels: torch.Tensor
+    grids: Grids, in_channels: torch.Tensor, out_channels: torch.Tensor,
+    secant_gradient: bool = False,
 ) -> torch.Tensor:
     """Bilinear interpolation of every row at once: ``[L]`` channel counts give ``[L]`` values
     (``[L, T]`` counts, T architectures at once, give ``[L, T]``).
@@ -137,6 +138,11 @@ def interpolate_grids(
     Linear extrapolation outside each row's grid, floored at 0. The counts must be on the
     grids' device (as :class:`~hwdnal.latency.predictor.LatencyModel` arranges): segments
     are found and read with tensor indices, so nothing waits for the device (no ``.item()``).
+
+    ``secant_gradient``: the value as above, but the gradient of the plane through each
+    table's corners, the average cost of a channel over the whole range. On a CPU a layer's
+    time moves in steps (SIMD widths): its segment at full width is often flat, and a gate
+    that starts open would feel no latency pressure at all from the local slope.
     """
     single = in_channels.dim() == 1
     cin = in_channels.to(grids.tables.dtype)
@@ -154,7 +160,26 @@ def interpolate_grids(
     low = at(i, o) + u * (at(i, o + 1) - at(i, o))
     high = at(i + 1, o) + u * (at(i + 1, o + 1) - at(i + 1, o))
     value = torch.clamp(low + t * (high - low), min=0.0)
+    if secant_gradient:
+        smooth = _corner_plane(grids, cin, cout)
+        value = value.detach() + (smooth - smooth.detach())
     return value.squeeze(1) if single else value
+
+
+def _corner_plane(grids: Grids, cin: torch.Tensor, cout: torch.Tensor) -> torch.Tensor:
+    """Bilinear interpolation between each table's four corners (``[L, T]`` counts)."""
+    first = torch.zeros_like(grids.in_last).unsqueeze(1)
+    in_end, out_end = (grids.in_last + 1).unsqueeze(1), (grids.out_last + 1).unsqueeze(1)
+    a0, a1 = grids.in_axes.gather(1, first), grids.in_axes.gather(1, in_end)
+    b0, b1 = grids.out_axes.gather(1, first), grids.out_axes.gather(1, out_end)
+    _, rows, cols = grids.tables.shape
+    flat = grids.tables.reshape(len(grids), rows * cols)
+    t, u = (cin - a0) / (a1 - a0), (cout - b0) / (b1 - b0)
+    t00, t01 = flat.gather(1, first), flat.gather(1, out_end)
+    t10, t11 = flat.gather(1, in_end * cols), flat.gather(1, in_end * cols + out_end)
+    low = t00 + u * (t01 - t00)
+    high = t10 + u * (t11 - t10)
+    return low + t * (high - low)
 
 
 def _locate(

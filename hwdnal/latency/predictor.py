@@ -38,6 +38,9 @@ class LatencyModel:
 
     def __init__(self, lut: Lut) -> None:
         self.lut = lut
+        #: gradients from the average cost per channel instead of the local slope (the
+        #: architecture stage's latency term; values are the same either way)
+        self.secant_gradient = False
         self.names: list[str] = list(lut.layers)
         self._row = {name: k for k, name in enumerate(self.names)}
         grids = []
@@ -95,7 +98,8 @@ class LatencyModel:
         depthwise = tables.depthwise if cin.dim() == 1 else tables.depthwise.unsqueeze(1)
         # a depthwise layer's cost follows its channels (= its outputs), on a 1-wide out axis
         latency = interpolate_grids(tables.grids, torch.where(depthwise, cout, cin),
-                                    torch.where(depthwise, torch.ones_like(cout), cout))
+                                    torch.where(depthwise, torch.ones_like(cout), cout),
+                                    secant_gradient=self.secant_gradient)
         if presence is not None:
             latency = latency * presence.to(latency)
         return latency
