@@ -38,7 +38,7 @@ data: install
 	@PYTHON=$(PY) sh scripts/get-fashion-mnist.sh
 
 # The main job: ResNet-20 on real Fashion-MNIST pruned to half its latency on this CPU
-# (profiled, searched, fitted, finetuned, compiled, measured): about 2 minutes on 2 cores once set up.
+# (profiled, searched, fitted, finetuned, compiled, measured): about 4 minutes on 2 cores once set up.
 demo: data
 	$(VENV)/bin/hwdnal search --model resnet20 --data fashion-mnist --target cpu --budget 50% \
 		--out runs/demo --train-subset 20000 --epochs-weights 4 --epochs-arch 1 \
