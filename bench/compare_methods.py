@@ -33,7 +33,8 @@ docs/benchmarks.md and docs/img/pareto.png from whatever the ledger holds; run i
 otherwise idle machine.
 
     python bench/compare_methods.py --mode quick          # < 30 min on 2 cores
-    python bench/compare_methods.py --mode full --hours 2 # a sitting; rerun to go on
+    python bench/compare_methods.py --mode medium --hours 1.5  # a sitting; rerun to go on
+    python bench/compare_methods.py --mode full --hours 2 # on a machine with a GPU
     python bench/compare_methods.py --mode full --status  # what is done, what is left
 """
 
@@ -96,7 +97,12 @@ class Settings:
     distill: float = 0.5
     distill_temperature: float = 4.0
     knobs: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(16))
+    #: the rows this mode trains (``--methods`` narrows a sitting further)
+    methods: tuple[str, ...] = METHODS
 
+
+#: the medium mode's rows: the issue's comparison without the distillation ablations
+MEDIUM_METHODS = ("hwdnal", "uniform", "l1", "dnal", "hwdnal-scratch")
 
 MODES: dict[str, Settings] = {
     "quick": Settings(models=("resnet20",), seeds=(0, 1), fractions=(0.7, 0.5, 0.3),
@@ -108,6 +114,13 @@ MODES: dict[str, Settings] = {
                      epochs_weights=30, epochs_arch=3, epochs_finetune=15, lambda_tries=4,
                      lambda_tolerance=0.03, calibrate=12, validate=24, grid_points=None,
                      overhead_rounds=15),
+    # what this 2-core CPU can finish in about 3 hours: 20 000 images, every test image,
+    # 20 dense epochs, three seeds; the full mode is for a machine with a GPU
+    "medium": Settings(models=("resnet20",), seeds=(0, 1, 2), fractions=(0.5, 0.3),
+                       train_subset=20000, test_subset=None, epochs_weights=20, epochs_arch=1,
+                       epochs_finetune=4, lambda_tries=3, lambda_tolerance=0.04, calibrate=12,
+                       validate=12, grid_points=None, overhead_rounds=8,
+                       methods=MEDIUM_METHODS),
     # the test's case: everything once, tiny; numbers meaningless
     "smoke": Settings(models=("resnet20",), seeds=(0,), fractions=(0.5,), train_subset=256,
                       test_subset=256, epochs_weights=1, epochs_arch=1, epochs_finetune=1,
@@ -337,7 +350,7 @@ class Bench:
         """All networks of a finished seed in one interleaved call with the dense one."""
         relative = f"{model_name}/seed{seed}/measured.json"
         records = [self.ledger.unit(model_name, seed, m, f) for f in self.s.fractions
-                   for m in METHODS]
+                   for m in self.s.methods]
         if self.ledger.read(relative) is not None or any(r is None for r in records):
             return
         alive = [r for r in records if r is not None and not r["failed"]]
@@ -606,15 +619,27 @@ def estimate_seconds(settings: Settings) -> float:
         _step_time(net, list(net.parameters()), x, y, 1)
         per_image = statistics.median(_step_time(net, list(net.parameters()), x, y, 3)) / 128
         n = len(settings.fractions)
-        epochs = (settings.epochs_weights
-                  + n * (1.5 * settings.epochs_arch + 0.6 * settings.epochs_finetune)  # hwdnal
-                  + n * (1.5 * settings.epochs_arch * 2 + 0.6 * settings.epochs_finetune)  # dnal
-                  + 3 * n * 0.6 * (settings.epochs_weights + settings.epochs_arch
-                                   + settings.epochs_finetune)  # uniform, -kd, hwdnal-scratch
-                  + n * 0.6 * 2.5 * settings.epochs_finetune  # l1, l1-kd, hwdnal-kd
-                  + n * 0.6 * settings.epochs_finetune)
+        arch, tune = settings.epochs_arch, settings.epochs_finetune
+        total_epochs = settings.epochs_weights + arch + tune
+        epochs = float(settings.epochs_weights)
+        for fraction in settings.fractions:
+            # plain-epoch equivalents of one budget's units, measured 2026-12-01 (AMD EPYC,
+            # 2 threads): an architecture-stage epoch (gates only, no weight gradients) takes
+            # 0.75 of a weight epoch (the demo: 21 s against 29 s); a network pruned to a
+            # share f of the dense latency trains at about 0.3 + 0.3 f of the dense step
+            # (uniform width 0.7 / 0.5 / 0.35: 0.64 / 0.45 / 0.42); a teacher's forward adds
+            # about 1.5
+            small = 0.3 + 0.3 * fraction
+            per_unit = {"hwdnal": 0.75 * arch + small * tune,
+                        "dnal": 0.75 * arch * 2 + small * tune,
+                        "uniform": small * total_epochs, "uniform-kd": small * 2.5 * total_epochs,
+                        "hwdnal-scratch": small * total_epochs, "l1": small * tune,
+                        "l1-kd": small * 2.5 * tune, "hwdnal-kd": small * 2.5 * tune}
+            epochs += sum(per_unit[m] for m in settings.methods)
         measuring = 60 + 2 * len(settings.knobs) + n * 8 * 15 + 30
-        total += len(settings.seeds) * (epochs * train_images * per_image * 1.3 + measuring)
+        # the step on random images measures about 1.1x a real epoch's per step (the demo's
+        # weight epoch: 185 ms per step against 210 here): no extra margin on top of it
+        total += len(settings.seeds) * (epochs * train_images * per_image + measuring)
         total += 60 + settings.validate * 2  # profile
     return total
 
@@ -622,7 +647,7 @@ def estimate_seconds(settings: Settings) -> float:
 def all_units(settings: Settings) -> list[tuple[str, int, str, float]]:
     """Every unit of a mode, in the order they run (the dense networks counted apart)."""
     return [(m, seed, method, f) for m in settings.models for seed in settings.seeds
-            for f in settings.fractions for method in METHODS]
+            for f in settings.fractions for method in settings.methods]
 
 
 def collect(ledger: Ledger, settings: Settings, mode: str, target: Target) -> dict[str, Any]:
@@ -684,7 +709,7 @@ def print_status(ledger: Ledger, settings: Settings) -> None:
         for seed in settings.seeds:
             done = [u for u in all_units(settings) if u[:2] == (model, seed) and u in units]
             dense = "dense trained" if ledger.dense(model, seed) else "dense not trained"
-            total = len(METHODS) * len(settings.fractions)
+            total = len(settings.methods) * len(settings.fractions)
             print(f"{model} seed {seed}: {dense}, {len(done)} of {total} units")
     sittings = ledger.read("sittings.json") or []
     print(f"{len(sittings)} sitting(s) so far, {sum(s['seconds'] for s in sittings) / 3600:.1f} h")
@@ -721,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
         ("seeds", args.seeds), ("models", args.models)) if v})
     target = load_target(args.target)
     ledger = Ledger(args.ledger or Path("bench/results") / args.mode)
-    comparable = {k: v for k, v in asdict(full).items() if k not in ("models", "seeds")}
+    comparable = {k: v for k, v in asdict(full).items()
+                  if k not in ("models", "seeds", "methods")}  # units are kept per method
     try:
         ledger.check_settings({"mode": args.mode, **comparable}, target.name)
     except UserError as error:
@@ -754,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{estimate / 3600:.1f} h on this machine's CPU; ledger {ledger.root}", flush=True)
     started_at = datetime.now().isoformat("T", "seconds")
     started = time.perf_counter()
-    methods = tuple(m for m in METHODS if not args.methods or m in args.methods)
+    methods = tuple(m for m in full.methods if not args.methods or m in args.methods)
     bench = Bench(sitting, target, args.target, runs, ledger, device, methods,
                   deadline=time.monotonic() + args.hours * 3600)
     stopped = None

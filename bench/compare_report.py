@@ -41,6 +41,9 @@ CONTRIBUTIONS = (
 )
 MIN_GAP = 0.002  # accuracy differences under 0.2 pp are ties whatever the spread
 LATENCY_GAP = 0.03  # landed latencies further apart than 3% of dense are called out
+#: a row whose mean measured latency is more than this share over its budget missed it (a
+#: baseline whose family cannot reach the budget trains its fastest member): a loss for it
+BUDGET_SLACK = 0.05
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -225,21 +228,36 @@ def _relative(path: Path, base: Path) -> str:
 
 
 # -- verdict -------------------------------------------------------------------------------
+def missed_budget(table: Table, model: str, fraction: float, method: str) -> bool:
+    """No network of ``method`` at this budget, only failures, or one measured over it."""
+    if not table.runs(model, fraction, method):
+        return bool(table.failed(model, fraction, method))
+    return mean_std(table.ratio(model, fraction, method))[0] > fraction * (1 + BUDGET_SLACK)
+
+
 def compare(table: Table, model: str, fraction: float, other: str,
             ours: str = "hwdnal") -> dict[str, Any] | None:
+    """The verdict's rule: a row that missed the budget loses to one that met it; between
+    two that met it (or two that missed it) the mean top-1 decides, beyond the seeds'
+    spread."""
     a, x = table.acc(model, fraction, ours), table.acc(model, fraction, other)
-    if not a or not x:
+    missed_a, missed_x = (missed_budget(table, model, fraction, m) for m in (ours, other))
+    if not (a or missed_a) or not (x or missed_x) or not (a or x):
         return None
     (ma, sa), (mx, sx) = mean_std(a), mean_std(x)
-    threshold = max(sa + sx, MIN_GAP)
-    gap = ma - mx
-    outcome = "wins" if gap > threshold else "loses" if gap < -threshold else "ties"
+    threshold = max(sa + sx, MIN_GAP) if a and x else MIN_GAP
+    gap = ma - mx if a and x else math.nan
+    if missed_a != missed_x:
+        outcome = "loses" if missed_a else "wins"
+    else:
+        outcome = "wins" if gap > threshold else "loses" if gap < -threshold else "ties"
     return {"outcome": outcome, "gap": gap, "threshold": threshold, "a": ma, "x": mx,
+            "missed_a": missed_a, "missed_x": missed_x,
             "x_at_a": on_curve(table, model, other,
-                               mean_std(table.ratio(model, fraction, "hwdnal"))[0]),
-            "lat_a": mean_std(table.ratio(model, fraction, "hwdnal"))[0],
+                               mean_std(table.ratio(model, fraction, ours))[0]),
+            "lat_a": mean_std(table.ratio(model, fraction, ours))[0],
             "lat_x": mean_std(table.ratio(model, fraction, other))[0],
-            "macs_a": mean_std(table.macs_ratio(model, fraction, "hwdnal"))[0],
+            "macs_a": mean_std(table.macs_ratio(model, fraction, ours))[0],
             "macs_x": mean_std(table.macs_ratio(model, fraction, other))[0]}
 
 
@@ -259,6 +277,17 @@ def reasons(table: Table, model: str, fraction: float, other: str,
     """What the numbers say about why (facts only, no speculation)."""
     s = table.r["settings"]
     why = []
+    for method, missed, latency in (("hwdnal", c["missed_a"], c["lat_a"]),
+                                    (other, c["missed_x"], c["lat_x"])):
+        name = "hwdnal" if method == "hwdnal" else "it"
+        if missed and math.isnan(latency):
+            why.append(f"{name} made no network within the budget (failed; counted as a loss "
+                       f"for {name})")
+        elif missed:
+            why.append(f"{name} measured {latency:.0%} of dense, over the {fraction:.0%} budget "
+                       f"(counted as a loss for {name})")
+    if math.isnan(c["lat_a"]) or math.isnan(c["lat_x"]):
+        return why
     if c["lat_x"] > c["lat_a"] + LATENCY_GAP:
         why.append(f"it ran slower than hwdnal ({c['lat_x']:.0%} vs {c['lat_a']:.0%} of dense), "
                    "which favours it")
@@ -268,7 +297,7 @@ def reasons(table: Table, model: str, fraction: float, other: str,
     if abs(c["lat_x"] - c["lat_a"]) > LATENCY_GAP and c["x_at_a"] is not None:
         why.append(f"interpolated along its other budgets to hwdnal's latency it would reach "
                    f"{c['x_at_a']:.1%} ({100 * (c['a'] - c['x_at_a']):+.1f} pp for hwdnal)")
-    if c["lat_a"] > fraction:
+    if c["lat_a"] > fraction and not c["missed_a"]:
         why.append(f"hwdnal's final measurement is over the budget ({c['lat_a']:.0%})")
     if abs(c["macs_a"] - c["macs_x"]) > 0.05:
         more = "more" if c["macs_a"] > c["macs_x"] else "fewer"
@@ -302,10 +331,11 @@ def verdict(table: Table) -> list[str]:
                     continue
                 counts[c["outcome"]] += 1
                 why = reasons(table, model, fraction, other, c)
+                gap = (f" ({100 * c['gap']:+.1f} pp; spread {100 * c['threshold']:.1f} pp)"
+                       if not math.isnan(c["gap"]) else "")
                 lines.append(
                     f"- {model} at {fraction:.0%}: **hwdnal {c['outcome']}** against "
-                    f"{LABELS[other]}: {c['a']:.1%} vs {c['x']:.1%} top-1 "
-                    f"({100 * c['gap']:+.1f} pp; spread {100 * c['threshold']:.1f} pp)"
+                    f"{LABELS[other]}: {_top1(c['a'])} vs {_top1(c['x'])} top-1{gap}"
                     + (f"; {'; '.join(why)}" if why else "") + ".")
     total = sum(counts.values())
     head = [
@@ -334,6 +364,10 @@ def verdict(table: Table) -> list[str]:
     return head + lines
 
 
+def _top1(value: float) -> str:
+    return "no network" if math.isnan(value) else f"{value:.1%}"
+
+
 # -- tables --------------------------------------------------------------------------------
 def contribution_table(table: Table) -> list[str]:
     """Pairs of rows that differ in one thing, judged by the verdict's rule."""
@@ -346,7 +380,7 @@ def contribution_table(table: Table) -> list[str]:
         for fraction in table.fractions:
             for row, base, what in CONTRIBUTIONS:
                 c = compare(table, model, fraction, base, ours=row)
-                if c is None:
+                if c is None or math.isnan(c["gap"]):
                     continue
                 effect = {"wins": "gain", "loses": "loss", "ties": "none measurable"}
                 lines.append(f"| {model} | {fraction:.0%} | {what} | {100 * c['a']:.1f} | "
