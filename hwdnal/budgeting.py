@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwdnal.blocks import removable_branches
 from hwdnal.budget import Budget
 from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
@@ -193,7 +194,7 @@ def fit_to_latency(
         # a supernet far above the target: a move removes a quarter of a group (in channel
         # steps), so that its tens of thousands of channels are trimmed in tens of moves
         # (CNNs keep single steps: their fits land in a round or two as they are)
-        far = bool(gated.blocks) and current > 1.25 * target_ms
+        far = gated.has_supernet_candidates and current > 1.25 * target_ms
         moves = []
         for index in range(len(groups)):
             chunk = max(step, step * (counts[index] // 4 // step)) if far else step
@@ -413,9 +414,16 @@ def _measure_dense_and_smallest(
         raise UserError(
             f"budget {result.budget_ms:.3f} ms ({result.budget.text}) is below the smallest "
             f"reachable latency: {result.smallest_ms:.3f} ms on target '{result.target.name}' "
-            f"(every group at {result.channel_step} channel(s); the dense network measures "
+            f"(every group at {result.channel_step} channel(s){_blocks_gone(model)}; the dense "
+            "network measures "
             f"{result.dense_ms:.3f} ms): raise --budget to at least {result.smallest_ms:.3f}ms"
         )
+
+
+def _blocks_gone(model: nn.Module) -> str:
+    """What the smallest network assumed beyond channels: residual blocks removed whole."""
+    branches = len(removable_branches(model))
+    return f" and its {branches} removable residual blocks gone" if branches else ""
 
 
 def _ranked(gated: GatedModel) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hwdnal.blocks import removable_branches
 from hwdnal.gates import GateMode, ScaledSigmoidGate
 from hwdnal.graph import ChannelPlan, build_channel_plan
 from hwdnal.models.proxyless_supernet import mixed_layers
@@ -20,14 +21,25 @@ from hwdnal.models.proxyless_supernet import mixed_layers
 
 @dataclass
 class CandidateBlock:
-    """One candidate of a supernet layer: its expanded channels are one gate group, which
-    may end with no channel at all (the candidate is then dropped)."""
+    """A block that may lose all its channels and go whole: one candidate of a supernet
+    layer (its expanded channels), or a CNN's residual branch (its one internal group, see
+    :mod:`hwdnal.blocks`). Its group may end with no channel at all."""
 
     layer: str
     name: str
-    module: nn.Module
+    module: nn.Module  # everything that goes with it (its layers cost nothing once gone)
     residual: bool
     group: int  # index into plan.groups
+    #: the module whose output the block gate multiplies (the candidate itself, or the
+    #: branch's last module)
+    output: nn.Module | None = None
+    #: a residual branch: the qualified name of the block replaced by the identity when
+    #: its group closes (a supernet's candidate leaves its MixedLayer instead)
+    replaced: str | None = None
+
+    @property
+    def is_branch(self) -> bool:
+        return self.replaced is not None
 
 
 @dataclass
@@ -62,7 +74,8 @@ class GatedModel(nn.Module):
         self.register_buffer("_block_of_gate", _block_of_gate(self.plan, self.blocks),
                              persistent=False)
         #: per conv/linear layer (plan.layers order): its block, len(blocks) if none
-        self._block_of_layer = _block_of_layer(self.plan, self.blocks)
+        self.register_buffer("_block_of_layer", _block_of_layer(self.plan, self.blocks),
+                             persistent=False)
         for index_name, site in self.plan.gate_sites.items():
             self.register_buffer(_buffer_name(index_name), site.out_gate_index, persistent=False)
         self._attach()
@@ -73,7 +86,8 @@ class GatedModel(nn.Module):
         for name, site in self.plan.gate_sites.items():
             self._handles.append(site.module.register_forward_hook(self._gate_hook(name)))
         for k, block in enumerate(self.blocks):
-            self._handles.append(block.module.register_forward_hook(self._block_hook(k)))
+            output = block.output if block.output is not None else block.module
+            self._handles.append(output.register_forward_hook(self._block_hook(k)))
         modules = dict(self.model.named_modules())
         for norm, layer in self.plan.ungated_inputs.items():
             self._handles.append(
@@ -92,9 +106,10 @@ class GatedModel(nn.Module):
         return hook
 
     def _block_hook(self, k: int):
-        """A candidate's output times its block gate (the largest of its channel gates):
-        1 while any of its channels lives, 0 once all are off, so a dropped candidate adds
-        nothing (not its last BatchNorm's shift) and pruning it changes nothing."""
+        """A candidate's (or a residual branch's) output times its block gate (the largest
+        of its channel gates): 1 while any of its channels lives, 0 once all are off, so a
+        dropped block adds nothing (not its last BatchNorm's shift) and pruning it changes
+        nothing."""
 
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor | None:
             if self._current is None:
@@ -197,6 +212,11 @@ class GatedModel(nn.Module):
                 keep[best.start + int(torch.argmax(s[best.start : best.stop]))] = True
         return keep
 
+    @property
+    def has_supernet_candidates(self) -> bool:
+        """Candidate blocks of a supernet's mixed layers (not only CNN residual branches)."""
+        return any(not block.is_branch for block in self.blocks)
+
     def sibling_groups(self) -> dict[int, list[int]]:
         """For each candidate block's group in a layer WITHOUT a residual path, the groups
         of the layer's candidates (one of them must keep channels); residual layers' blocks
@@ -275,7 +295,37 @@ class GatedModel(nn.Module):
 
 def _candidate_blocks(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
     """The candidate blocks of a supernet's mixed layers whose expanded channels form a gate
-    group of their own (nothing outside the block shares them)."""
+    group of their own (nothing outside the block shares them), then the residual branches
+    the model declares (:mod:`hwdnal.blocks`) with exactly one group of their own."""
+    return [*_supernet_candidates(model, plan), *_residual_branches(model, plan)]
+
+
+def _residual_branches(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
+    """A declared branch whose block holds exactly one internal group (every layer that
+    touches it inside the block): closing that group leaves the branch nothing to compute.
+    Blocks with none (nothing to gate) or several (a bottleneck) are not removable here."""
+    modules = dict(model.named_modules())
+    coupled_layers = [*plan.layers.values(), *plan.norms.values()]
+    blocks = []
+    for branch in removable_branches(model):
+        block, output = modules.get(branch.block), modules.get(branch.output)
+        if block is None or output is None:
+            continue
+        inside = {id(m) for m in block.modules()}
+        internal = []
+        for k, group in enumerate(plan.groups):
+            low, high = group.start, group.stop - 1
+            coupled = [lc for lc in coupled_layers if _touches(lc.in_gate_index, low, high)
+                       or _touches(lc.out_gate_index, low, high)]
+            if coupled and all(id(lc.module) in inside for lc in coupled):
+                internal.append(k)
+        if len(internal) == 1:
+            blocks.append(CandidateBlock(branch.block, "branch", block, True, internal[0],
+                                         output=output, replaced=branch.block))
+    return blocks
+
+
+def _supernet_candidates(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
     layer_of = {id(lc.module): lc for lc in plan.layers.values()}
     starts = {group.start: k for k, group in enumerate(plan.groups)}
     blocks = []

@@ -10,7 +10,8 @@ weight is the original's kept rows and kept per-group input positions.
 
 A supernet's candidate block whose expanded channels were all removed is then taken out of
 its layer (:meth:`~hwdnal.models.proxyless_supernet.MixedLayer.keep_only`); a residual layer
-left with no candidate is the identity.
+left with no candidate is the identity. A CNN's residual block whose branch closed (its one
+internal group at 0 channels, :mod:`hwdnal.blocks`) is replaced by ``nn.Identity``.
 
 Slicing keeps each tensor's memory format: a dense model in ``torch.channels_last`` gives a
 pruned model in ``torch.channels_last``.
@@ -30,6 +31,7 @@ def prune_physically(gated: GatedModel) -> nn.Module:
     """Detach the gates and remove the channels whose gate is off; returns the model."""
     keep = torch.cat([gated.keep_mask().cpu(), torch.ones(1, dtype=torch.bool)])
     plan = gated.plan
+    removed = [block.replaced for block in gated.dropped_blocks() if block.replaced]
     model = gated.detach_gates()
     with torch.no_grad():
         for layer in plan.layers.values():
@@ -43,6 +45,8 @@ def prune_physically(gated: GatedModel) -> nn.Module:
     for layer in mixed_layers(model).values():
         layer.keep_only([name for name, block in layer.candidates.items()
                          if block.expanded.out_channels > 0])
+    for name in removed:  # the model promised: with its branch at zero, the block is x -> x
+        model.set_submodule(name, nn.Identity())
     return model
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from hwdnal import __version__
 from hwdnal.atomic import save_torch
+from hwdnal.blocks import removable_branches
 from hwdnal.budget import Budget, parse_budget
 from hwdnal.budgeting import (
     LatencyConstraint,
@@ -373,6 +374,11 @@ class DnalSearch:
         blocks = describe_blocks(pruned, dense)
         if blocks:  # a supernet: which operations were chosen, which layers removed
             result["blocks"] = blocks
+        branches = removable_branches(dense)
+        if branches:  # a CNN: the residual blocks traded for width
+            modules = dict(pruned.named_modules())
+            result["removed_blocks"] = [b.block for b in branches
+                                        if isinstance(modules.get(b.block), nn.Identity)]
         if self.latency.lut_path:
             result["lut"] = self.latency.lut_path
         lut_check = (progress.latency or {}).get("lut_check")

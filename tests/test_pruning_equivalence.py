@@ -68,12 +68,15 @@ def test_pruned_network_computes_what_the_hard_gated_network_computes(name: str,
     assert actual_params < dense_params
 
 
-def test_every_group_keeps_at_least_one_channel():
+def test_every_group_keeps_at_least_one_channel_but_a_removable_residual_branch():
     model = create_model("resnet20", 10, 3)
     calibrate_batchnorm(model, (4, 3, 32, 32))
     gated = GatedModel(model, torch.randn(1, 3, 32, 32))
     gated.set_keep_mask(torch.zeros(gated.plan.num_gates, dtype=torch.bool))
-    assert all(group["kept"] == 1 for group in gated.kept_per_group())
+    branches = {gated.plan.groups[b.group].name for b in gated.blocks if b.is_branch}
+    assert len(branches) == 7  # the blocks with an identity shortcut (tests/test_residual_...)
+    assert all(group["kept"] == (0 if group["name"] in branches else 1)
+               for group in gated.kept_per_group())
     pruned = prune_physically(gated)
     assert pruned(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 

@@ -33,7 +33,8 @@ def random_keep_mask(
     many independent terms); a shared ρ spreads the samples from small to dense, which is
     what a fit of scale and offset needs and the range a search moves through.
 
-    In a supernet each candidate block is also dropped whole with probability 1 - ρ (a
+    In a supernet each candidate block (and in a CNN each removable residual branch,
+    :mod:`hwdnal.blocks`) is also dropped whole with probability 1 - ρ (a
     layer without a residual path keeping its first candidate if all were drawn), and the
     candidates' widths are drawn independently of ρ (log-uniform), so the calibration sees
     what a search makes: operations and layers gone, many narrow branches, and layer
@@ -43,11 +44,13 @@ def random_keep_mask(
     if rho is None:
         rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
     siblings = gated.sibling_groups()
+    branches = {block.group for block in gated.blocks if block.is_branch}
     dropped = set()
     for k, group in enumerate(gated.plan.groups):
         ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
-        if k in siblings:  # candidate widths log-uniform from one step to all, independently:
-            # searched supernets keep many narrow candidates, which a shared ρ never draws
+        if k in siblings and k not in branches:  # a supernet candidate's width: log-uniform
+            # from one step to all, independently: searched supernets keep many narrow
+            # candidates, which a shared ρ never draws (a CNN's residual branch keeps ρ)
             narrowest = min(1.0, max(multiple, 1) / group.size)
             ratio = narrowest ** float(torch.rand((), generator=generator))
         kept = aligned_count(round(ratio * group.size), group.size, multiple)

@@ -220,9 +220,10 @@ class LatencyModel:
         counts: dict[str, tuple[int, int]] = {}
         for name, layer in self.lut.layers.items():
             found = modules.get(name)
-            if found is None and ".candidates." in name and \
-                    _parent_of_candidate(name) in modules:
-                counts[name] = (0, 0)  # a supernet candidate block removed by pruning
+            supernet_candidate = (".candidates." in name
+                                  and _parent_of_candidate(name) in modules)
+            if found is None and (supernet_candidate or _inside_removed_block(name, modules)):
+                counts[name] = (0, 0)  # a candidate or a residual block removed by pruning
                 continue
             if not isinstance(found, (nn.modules.conv._ConvNd, nn.Linear)):
                 raise UserError(
@@ -296,6 +297,13 @@ def _scalar(value: Count, device: torch.device) -> torch.Tensor:
 def _present(in_channels: torch.Tensor, out_channels: torch.Tensor) -> torch.Tensor:
     """1 for a layer with channels on both sides, 0 for one that was removed (0 channels)."""
     return ((in_channels > 0) & (out_channels.to(in_channels.device) > 0)).to(torch.float64)
+
+
+def _inside_removed_block(name: str, modules: Mapping[str, nn.Module]) -> bool:
+    """'layer2.1.conv1' where 'layer2.1' became the identity (:mod:`hwdnal.blocks`)."""
+    parts = name.split(".")
+    return any(isinstance(modules.get(".".join(parts[:n])), nn.Identity)
+               for n in range(1, len(parts)))
 
 
 def _parent_of_candidate(name: str) -> str:

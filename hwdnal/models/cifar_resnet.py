@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from hwdnal.blocks import RemovableBranch
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
@@ -57,6 +59,14 @@ class CifarResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x).flatten(1))
+
+    def removable_branches(self) -> list[RemovableBranch]:
+        """Every block with an identity shortcut: its input comes out of a ReLU (the stem's
+        or the previous block's), so with the branch at zero relu(0 + x) = x."""
+        return [RemovableBranch(f"{stage}.{i}", f"{stage}.{i}.bn2")
+                for stage in ("layer1", "layer2", "layer3")
+                for i, block in enumerate(getattr(self, stage))
+                if isinstance(block, BasicBlock) and isinstance(block.shortcut, nn.Identity)]
 
 
 def resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
