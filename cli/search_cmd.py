@@ -54,6 +54,10 @@ def search(
         "switch", help="The latency weight: switch (10 over the budget, 0 under) or dual "
         "(dual ascent at --latency-rate)."
     ),
+    latency_switch_on: str = typer.Option(
+        "mask", help="What the switch judges against the budget: mask (the architecture of "
+        "the open gates now) or soft (the soft gates' prediction, which lags it)."
+    ),
     latency_gradient: str = typer.Option(
         "secant", help="The latency term's gradient: secant (a channel's average cost in the "
         "LUT) or local (the LUT's slope, flat at full width on CPUs)."
@@ -132,7 +136,7 @@ def search(
         batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr,
         arch_optimizer=arch_optimizer, arch_batchnorm=arch_batchnorm, gate_init=gate_init,
         arch_momentum=arch_momentum, latency_control=latency_control,
-        latency_gradient=latency_gradient,
+        latency_switch_on=latency_switch_on, latency_gradient=latency_gradient,
         lambda_a=lambda_a, seed=seed, weights=weights,
         trust_weights_pickle=trust_weights_pickle, device=device, target=target, budget=budget,
         lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,
@@ -196,6 +200,7 @@ def check_options(config: Any) -> None:
     for flag, name, allowed in (("--arch-optimizer", "arch_optimizer", ("adam", "sgd")),
                                 ("--arch-batchnorm", "arch_batchnorm", ("running", "batch")),
                                 ("--latency-control", "latency_control", ("switch", "dual")),
+                                ("--latency-switch-on", "latency_switch_on", ("mask", "soft")),
                                 ("--latency-gradient", "latency_gradient",
                                  ("secant", "local"))):
         value = getattr(config, name, allowed[0])

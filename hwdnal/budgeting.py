@@ -20,7 +20,7 @@ import copy
 import hashlib
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,12 @@ class LatencyConstraint:
     shrinks as slowly, so it overshoots once gates close in a rush. ``"switch"``: the weight
     is ``switch_weight`` while the network is over the aim and 0 below it, so the
     cross-entropy alone reopens the channels it misses as soon as the budget is met.
+
+    "Over the aim" is judged on the architecture the gates stand for now (each gate open
+    or closed, ``switch_on="mask"``) or on the soft prediction (``"soft"``). Gates that
+    travel together cross zero within a few steps while δ is still small: the soft
+    prediction lags the crossing, and a switch that waits for it lets the mask fall far
+    below the budget (ResNet-20 at 30%: the mask at 62% of the budget).
     """
 
     model: LatencyModel
@@ -63,6 +69,10 @@ class LatencyConstraint:
     #: the gradient of the average cost per channel (``LatencyModel.secant_gradient``):
     #: a CPU's flat steps at full width would leave open gates without latency pressure
     secant_gradient: bool = True
+    #: what the switch judges: "mask" (the open/closed gates' architecture) or "soft"
+    switch_on: str = "mask"
+    #: the mask's relative latency at the last step (a tensor on the gates' device)
+    _mask_relative: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def term(self) -> GateLossTerm:
         return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self.ascend)
@@ -71,6 +81,10 @@ class LatencyConstraint:
         before = self.model.secant_gradient
         self.model.secant_gradient = self.secant_gradient
         try:
+            if self.control == "switch" and self.switch_on == "mask":
+                with torch.no_grad():  # on the device, nothing read back
+                    self._mask_relative = self.model.predict_gated(
+                        gated, values=gated.gate.binary()) / self.budget_ms
             return self.model.predict_gated(gated) / self.budget_ms
         finally:
             self.model.secant_gradient = before
@@ -80,7 +94,8 @@ class LatencyConstraint:
         device: no host read per step. In double precision, as a Python float would be."""
         relative = relative.detach().double()
         if self.control == "switch":
-            term.weight = self.switch_weight * (relative > self.aim).double()
+            judged = relative if self._mask_relative is None else self._mask_relative.double()
+            term.weight = self.switch_weight * (judged > self.aim).double()
             return
         step = self.rate * (relative - self.aim)
         term.weight = torch.clamp_min(torch.as_tensor(term.weight, dtype=torch.float64,

@@ -233,22 +233,30 @@ class GatedModel(nn.Module):
         return [b for b in self.blocks if not bool(
             keep[self.plan.groups[b.group].start : self.plan.groups[b.group].stop].any())]
 
-    def layer_presence(self, hard: bool = False) -> torch.Tensor:
+    def _gate_values(self, hard: bool, values: torch.Tensor | None) -> torch.Tensor:
+        if values is not None:
+            return values.to(self.gate.s.dtype)
+        return self.keep_mask().to(self.gate.s.dtype) if hard else self.keep_probability()
+
+    def layer_presence(self, hard: bool = False,
+                       values: torch.Tensor | None = None) -> torch.Tensor:
         """Per conv/linear layer (``layer_channels`` order): 1, or for a layer inside a
         candidate block its block gate, so that the latency of a dropped candidate vanishes
-        entirely, fixed per-layer costs included."""
-        values = self.keep_mask().to(self.gate.s.dtype) if hard else self.keep_probability()
+        entirely, fixed per-layer costs included. ``values`` (one per gate) replaces the
+        gates' own (hard: the keep mask; else the keep probabilities)."""
+        values = self._gate_values(hard, values)
         index = self._block_of_layer.to(values.device)
         return self.block_values(values)[index]
 
-    def layer_channels(self, hard: bool = False) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    def layer_channels(self, hard: bool = False, values: torch.Tensor | None = None
+                       ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
         """Names of every conv and linear layer and their expected (or, with ``hard``, final)
         in and out channel counts as two ``[layers]`` tensors on the gates' device.
 
         One gather and one sum for all layers, with the index kept on the gates' device: a
         step reads nothing back to the host, however many layers the network has.
         """
-        values = self.keep_mask().to(self.gate.s.dtype) if hard else self.keep_probability()
+        values = self._gate_values(hard, values)
         in_index, out_index = self._layer_indices(values.device)
         # index num_gates: a channel no gate removes (1); num_gates + 1: padding (0)
         extended = torch.cat([values, values.new_ones(1), values.new_zeros(1)])

@@ -134,6 +134,8 @@ class SearchConfig:
     #: how the latency term's weight follows the excess: "dual" (dual ascent at
     #: ``latency_rate``) or "switch" (10 while over the budget, 0 under it)
     latency_control: str = "switch"
+    #: what the switch judges: "mask" (the open gates' architecture) or "soft"
+    latency_switch_on: str = "mask"
     compile: bool = True
     #: mixed precision of the forward passes: "auto" (bf16 on a GPU that has it, else
     #: off), "bf16" or "off"; the CPU trains in full precision unless "bf16" is asked for
@@ -426,6 +428,7 @@ class DnalSearch:
             rate = config.latency_rate if config.latency_rate is not None else 10.0 / steps
             constraint = LatencyConstraint(latency.latency_model, latency.budget_ms, rate=rate,
                                            control=config.latency_control,
+                                           switch_on=config.latency_switch_on,
                                            secant_gradient=config.latency_gradient == "secant")
             self.add_loss_term(constraint.term())
         return latency

@@ -182,18 +182,20 @@ class LatencyModel:
         return self.predict_vectors(*self._vectors(counts))
 
     # -- what the search calls ------------------------------------------------------------
-    def predict_gated(self, gated, hard: bool = False) -> torch.Tensor:
+    def predict_gated(self, gated, hard: bool = False,
+                      values: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted latency (ms, 0-dim tensor of the gates' dtype, on the gates' device,
         with gradients to ``gated.gate.s``).
 
         The whole computation stays on the gates' device: their expected channel counts
         (one gather for all layers), the LUT layers picked from them by a cached index, the
         interpolation of all tables at once and the calibration. Nothing is read back.
+        ``values`` (one per gate) replaces the gates' own, e.g. the raw binary gates.
         """
-        names, cin, cout = gated.layer_channels(hard=hard)
+        names, cin, cout = gated.layer_channels(hard=hard, values=values)
         rows = self._positions_in(tuple(names), cin.device)
-        if gated.blocks:  # a supernet: candidates that vanish take their whole cost along
-            presence = gated.layer_presence(hard=hard)[rows]
+        if gated.blocks:  # candidates or residual branches that vanish take their whole cost
+            presence = gated.layer_presence(hard=hard, values=values)[rows]
             value = self.predict_present(cin[rows], cout[rows], presence)
         else:
             value = self.predict_vectors(cin[rows], cout[rows])
