@@ -74,6 +74,13 @@ clean:
 bench-quick: data
 	$(PY) bench/compare_methods.py --mode quick
 
+# bench-medium: ResNet-20, 3 seeds, 20 000 images, every test image, 20 dense epochs, budgets
+# 50% and 30%: about 3 hours of 2-core CPU by its own estimate, in sittings
+# (HOURS=1.5 make bench-medium); finished units land in bench/results/medium/ (commit them).
+.PHONY: bench-medium
+bench-medium: data
+	$(PY) bench/compare_methods.py --mode medium --hours $(HOURS)
+
 # bench: ResNet-20 and MobileNetV2 (CIFAR layout), 3 seeds, all of Fashion-MNIST, 30 dense
 # epochs: days of 2-core CPU, hours of GPU. It runs in sittings (HOURS=2 make bench): each
 # finished unit lands in bench/results/full/ (commit it); rerunning goes on from there.

@@ -355,10 +355,11 @@ def verdict(table: Table) -> list[str]:
         ]
     if (s["train_subset"] or 60000) < 60000 or s["epochs_weights"] < 10:
         head += [
-            f"These are quick-mode numbers: {s['train_subset'] or 60000} training images and "
+            f"These are {table.r.get('mode', 'quick')}-mode numbers: "
+            f"{s['train_subset'] or 60000} training images and "
             f"{s['epochs_weights']}+{s['epochs_arch']}+{s['epochs_finetune']} epochs leave "
-            f"every network undertrained, and {len(s['seeds'])} seed(s) give a rough spread; "
-            "the full mode (`make bench`) trains on all images for longer.",
+            f"every network short of what it could reach, and {len(s['seeds'])} seed(s) give "
+            "a rough spread; the full mode (`make bench`) trains on all images for longer.",
             "",
         ]
     return head + lines

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from hwdnal.cli.plain_log import PlainSearchObserver
+from hwdnal.report import removed_blocks_text
 from hwdnal.search import SearchObserver
 
 console = Console(stderr=True)
@@ -140,5 +141,6 @@ def print_summary(result: dict[str, Any], out: Path) -> None:
     total = sum(g["total"] for g in result["groups"])
     out_console = Console() if live_display() else Console(width=200)
     out_console.print(table)
-    out_console.print(f"channels kept {kept}/{total} in {len(result['groups'])} groups; "
-                    f"run directory {out} (result.json, pruned.pt)")
+    out_console.print(f"channels kept {kept}/{total} in {len(result['groups'])} groups"
+                      f"{removed_blocks_text(result)}; run directory {out} (result.json, "
+                      "pruned.pt)")

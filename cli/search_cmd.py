@@ -38,7 +38,8 @@ def search(
         None, help="Learning rate of the gate parameters [default: 0.05 with Adam, 0.2 with SGD]."
     ),
     arch_optimizer: str = typer.Option(
-        "adam", help="Optimizer of the gate parameters: adam or sgd (momentum 0.9)."
+        "adam", help="Optimizer of the gate parameters: adam, shared-adam (one second moment "
+        "for all gates: a gate pushed harder moves faster) or sgd (momentum 0.9)."
     ),
     arch_batchnorm: str = typer.Option(
         "running", help="BatchNorm in the architecture stage: running (the dense network's "
@@ -197,7 +198,8 @@ def check_options(config: Any) -> None:
 
     if getattr(config, "distill", 0) > 1:
         raise UserError(f"--distill is a share between 0 and 1, got {config.distill}")
-    for flag, name, allowed in (("--arch-optimizer", "arch_optimizer", ("adam", "sgd")),
+    gate_optimizers = ("adam", "shared-adam", "sgd")
+    for flag, name, allowed in (("--arch-optimizer", "arch_optimizer", gate_optimizers),
                                 ("--arch-batchnorm", "arch_batchnorm", ("running", "batch")),
                                 ("--latency-control", "latency_control", ("switch", "dual")),
                                 ("--latency-switch-on", "latency_switch_on", ("mask", "soft")),

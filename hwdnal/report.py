@@ -492,7 +492,16 @@ def _kept_text(result: dict[str, Any]) -> str:
     groups = result.get("groups") or []
     kept = sum(int(g["kept"]) for g in groups)
     total = sum(int(g["total"]) for g in groups)
-    return f"{kept}/{total} channels in {len(groups)} groups" if total else "no groups"
+    text = f"{kept}/{total} channels in {len(groups)} groups" if total else "no groups"
+    return text + removed_blocks_text(result)
+
+
+def removed_blocks_text(result: dict[str, Any]) -> str:
+    """', residual blocks removed: a, b' for a CNN that traded depth for width."""
+    removed = result.get("removed_blocks")
+    if not removed:
+        return ""
+    return f"; residual blocks removed: {', '.join(removed)}"
 
 
 def _duration(seconds: Any) -> str:

@@ -44,6 +44,7 @@ from hwdnal.devices import Measurer, open_measurer
 from hwdnal.distillation import Distillation
 from hwdnal.distributed import Cluster, revert_sync_batchnorm, to_sync_batchnorm
 from hwdnal.errors import UserError
+from hwdnal.gate_optimizer import SharedMomentAdam
 from hwdnal.gated import GatedModel
 from hwdnal.gates import SOFT_FLOOR, DeltaSchedule, GateMode
 from hwdnal.interrupt import GracefulStop, Interrupted
@@ -94,7 +95,9 @@ class SearchConfig:
     arch_lr: float | None = None
     #: "adam" moves each s by about the lr in the direction its loss terms agree on, so a
     #: channel closes when the latency term outweighs what the cross-entropy says it is
-    #: worth, whatever the gradients' scale; "sgd" (momentum 0.9) is the earlier recipe
+    #: worth, whatever the gradients' scale; "shared-adam" shares one second moment among
+    #: all gates (hwdnal/gate_optimizer.py), so that gates pushed harder move faster;
+    #: "sgd" (momentum 0.9) is the earlier recipe
     arch_optimizer: str = "adam"
     #: Adam's β1 for the gates: momentum carries closing gates on after the network is
     #: under its budget
@@ -895,7 +898,7 @@ def arch_lr(config: SearchConfig, total_steps: int) -> float:
     """The gate parameters' learning rate (see ``SearchConfig.arch_lr``)."""
     if config.arch_lr is not None:
         return config.arch_lr
-    if config.arch_optimizer == "adam":
+    if config.arch_optimizer in ("adam", "shared-adam"):
         return 3.0 * max(config.gate_init, 1.0) / max(total_steps, 1)
     return 0.2
 
@@ -905,6 +908,9 @@ def _arch_optimizer(gated: GatedModel, config: SearchConfig,
     if config.arch_optimizer == "adam":
         return torch.optim.Adam(gated.gate.parameters(), lr=arch_lr(config, total_steps),
                                 betas=(config.arch_momentum, 0.999))
+    if config.arch_optimizer == "shared-adam":
+        return SharedMomentAdam(gated.gate.parameters(), lr=arch_lr(config, total_steps),
+                                beta1=config.arch_momentum)
     return torch.optim.SGD(gated.gate.parameters(), lr=arch_lr(config, total_steps),
                            momentum=0.9)
 
