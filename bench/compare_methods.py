@@ -780,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mode {args.mode}: {len(all_units(full))} units; all of them would take about "
           f"{estimate / 3600:.1f} h on this machine's CPU; ledger {ledger.root}", flush=True)
     started_at = datetime.now().isoformat("T", "seconds")
+    revision = _revision()  # the code this sitting runs (read now: the tree may move on)
     started = time.perf_counter()
     methods = tuple(m for m in full.methods if not args.methods or m in args.methods)
     bench = Bench(sitting, target, args.target, runs, ledger, device, methods,
@@ -797,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         ledger.add_sitting({
             "started": started_at, "finished": datetime.now().isoformat("T", "seconds"),
             "seconds": round(time.perf_counter() - started, 1), "units": bench.units_done,
-            "revision": _revision(), "machine": machine_line(), "train_device": device,
+            "revision": revision, "machine": machine_line(), "train_device": device,
             "estimate_s": estimate, "load_before": list(load_before),
             "load_after": list(os.getloadavg()),
             "command": "python bench/compare_methods.py " + " ".join(
