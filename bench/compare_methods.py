@@ -46,6 +46,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -786,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(sitting, target, args.target, runs, ledger, device, methods,
                   deadline=time.monotonic() + args.hours * 3600)
     stopped = None
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped sitting is recorded as one
     try:
         for model_name in sitting.models:
             lut = bench.prepare_model(model_name)
@@ -812,6 +814,10 @@ def main(argv: list[str] | None = None) -> int:
           f"made {bench.units_done} in {(time.perf_counter() - started) / 60:.1f} min"
           + (f" ({stopped}): rerun the same command to go on" if stopped else ""), flush=True)
     return 130 if stopped == "interrupted" else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _revision() -> str:
