@@ -312,21 +312,21 @@ def _residual_branches(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlo
     """A declared branch whose block holds exactly one internal group (every layer that
     touches it inside the block): closing that group leaves the branch nothing to compute.
     Blocks with none (nothing to gate) or several (a bottleneck) are not removable here."""
+    branches = removable_branches(model)
+    if not branches:
+        return []
     modules = dict(model.named_modules())
     coupled_layers = [*plan.layers.values(), *plan.norms.values()]
+    touching = [{id(lc.module) for lc in coupled_layers
+                 if _touches(lc.in_gate_index, g.start, g.stop - 1)
+                 or _touches(lc.out_gate_index, g.start, g.stop - 1)} for g in plan.groups]
     blocks = []
-    for branch in removable_branches(model):
+    for branch in branches:
         block, output = modules.get(branch.block), modules.get(branch.output)
         if block is None or output is None:
             continue
         inside = {id(m) for m in block.modules()}
-        internal = []
-        for k, group in enumerate(plan.groups):
-            low, high = group.start, group.stop - 1
-            coupled = [lc for lc in coupled_layers if _touches(lc.in_gate_index, low, high)
-                       or _touches(lc.out_gate_index, low, high)]
-            if coupled and all(id(lc.module) in inside for lc in coupled):
-                internal.append(k)
+        internal = [k for k, members in enumerate(touching) if members and members <= inside]
         if len(internal) == 1:
             blocks.append(CandidateBlock(branch.block, "branch", block, True, internal[0],
                                          output=output, replaced=branch.block))
