@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from ledger import Ledger, machine_line, mask_from_text, mask_to_text
 
+from hwdnal.atomic import save_torch
 from hwdnal.budgeting import _measure_together
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import load_data
@@ -100,6 +101,13 @@ class Settings:
     knobs: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(16))
     #: the rows this mode trains (``--methods`` narrows a sitting further)
     methods: tuple[str, ...] = METHODS
+    #: the rows that start from trained weights (hwdnal, DNAL, L1) start from a dense
+    #: network trained only this many epochs (the same seed) and finetune for the rest of
+    #: the total, so that they spend the epochs uniform width spends; None: from the
+    #: reference dense network (``epochs_weights``), finetuned ``epochs_finetune`` epochs
+    search_after: int | None = None
+    #: the finetune lr of those rows (None: hwdnal's default)
+    finetune_lr: float | None = None
 
 
 #: the medium mode's rows: the issue's comparison without the distillation ablations
@@ -121,12 +129,13 @@ MODES: dict[str, Settings] = {
                        train_subset=20000, test_subset=None, epochs_weights=20, epochs_arch=1,
                        epochs_finetune=4, lambda_tries=3, lambda_tolerance=0.04, calibrate=12,
                        validate=12, grid_points=None, overhead_rounds=8,
-                       methods=MEDIUM_METHODS),
+                       methods=MEDIUM_METHODS, search_after=6, finetune_lr=0.1),
     # the test's case: everything once, tiny; numbers meaningless
     "smoke": Settings(models=("resnet20",), seeds=(0,), fractions=(0.5,), train_subset=256,
                       test_subset=256, epochs_weights=1, epochs_arch=1, epochs_finetune=1,
                       lambda_tries=1, lambda_tolerance=0.5, calibrate=3, validate=3,
-                      grid_points=2, overhead_rounds=1, knobs=(0.3, 0.5, 0.7)),
+                      grid_points=2, overhead_rounds=1, knobs=(0.3, 0.5, 0.7),
+                      search_after=1),
 }
 
 
@@ -181,8 +190,9 @@ class Bench:
         settings: dict[str, Any] = dict(
             model=model, data="fashion-mnist", train_subset=s.train_subset,
             test_subset=s.test_subset, epochs_weights=s.epochs_weights,
-            epochs_arch=s.epochs_arch, epochs_finetune=s.epochs_finetune, seed=seed,
-            target=self.target_arg, compile=False, device=self.train_device)
+            epochs_arch=s.epochs_arch, epochs_finetune=self.finetune_epochs(), seed=seed,
+            finetune_lr=self.finetune_lr(), target=self.target_arg, compile=False,
+            device=self.train_device)
         return SearchConfig(**{**settings, **changes})
 
     def data(self, seed: int):
@@ -381,12 +391,50 @@ class Bench:
     def total_epochs(self) -> int:
         return self.s.epochs_weights + self.s.epochs_arch + self.s.epochs_finetune
 
+    def finetune_epochs(self) -> int:
+        """What the rows that start from trained weights finetune: the rest of the total
+        when they search early (``search_after``)."""
+        if self.s.search_after is None:
+            return self.s.epochs_finetune
+        return self.total_epochs() - self.s.search_after - self.s.epochs_arch
+
+    def finetune_lr(self) -> float:
+        return self.s.finetune_lr if self.s.finetune_lr is not None else \
+            SearchConfig().finetune_lr
+
+    def start_weights(self, model_name: str, seed: int) -> Path:
+        """The dense weights hwdnal, DNAL and L1 start from: the reference dense network's,
+        or (``search_after``) a shorter training of it, made once per seed and kept in the
+        ledger beside it."""
+        if self.s.search_after is None:
+            return self.ledger.dense_weights(model_name, seed)
+        epochs = self.s.search_after
+        path = self.ledger.seed_dir(model_name, seed) / f"dense-{epochs}ep.pt"
+        if not path.exists():
+            run = self.runs / model_name / f"seed{seed}" / f"dense-{epochs}ep"
+            result = DnalSearch(self.config(model_name, seed, epochs_weights=epochs,
+                                            epochs_arch=0, epochs_finetune=0), run).run()
+            network = torch.load(run / "dense.pt", weights_only=False)
+            save_torch(path, network.cpu().state_dict())
+            self.ledger.write(f"{model_name}/seed{seed}/dense-{epochs}ep.json", {
+                "epochs": epochs, "accuracy": result["dense"]["accuracy"],
+                "stage": next(st for st in result["stages"] if st["name"] == "weights")})
+            print(f"{model_name} seed {seed}: the {epochs}-epoch dense network the searches "
+                  f"start from trained ({result['dense']['accuracy']:.2%})", flush=True)
+        return path
+
+    def start_network(self, model_name: str, seed: int) -> torch.nn.Module:
+        network = self.fresh(model_name, seed)
+        network.load_state_dict(torch.load(self.start_weights(model_name, seed),
+                                           weights_only=True))
+        return network.eval()
+
     # -- the units ------------------------------------------------------------------------
     def hwdnal_run(self, model_name: str, seed: int, fraction: float, lut: str,
                    name: str, **changes: Any) -> tuple[dict[str, Any], Path]:
         run = self.runs / model_name / f"seed{seed}" / name
         result = DnalSearch(self.config(
-            model_name, seed, weights=str(self.ledger.dense_weights(model_name, seed)),
+            model_name, seed, weights=str(self.start_weights(model_name, seed)),
             epochs_weights=0, budget=f"{fraction * 100:g}%", lut=lut, **changes), run).run()
         return result, run
 
@@ -436,11 +484,11 @@ class Bench:
             return entry, None
         c = SearchConfig()
         net = found["model"]
-        seconds = train_plain(net, self.data(seed), self.s.epochs_finetune, c.finetune_lr,
+        seconds = train_plain(net, self.data(seed), self.finetune_epochs(), self.finetune_lr(),
                               c.batch_size, c.weight_decay, seed, self.teacher(dense),
                               self.train_device)
         entry.keep = mask_to_text(found["keep"])
-        entry.stages = [*stages, {"name": "finetune, distilled", "epochs": self.s.epochs_finetune,
+        entry.stages = [*stages, {"name": "finetune, distilled", "epochs": self.finetune_epochs(),
                                   "seconds": round(seconds, 2)}]
         return entry, net
 
@@ -498,11 +546,12 @@ class Bench:
 
         chosen = pick_for_budget(self._family(model_name, "l1"), fraction)
         started = time.perf_counter()
-        net = l1_pruned(dense, torch.randn(self.input_shape()), chosen.knob, self.step())
+        net = l1_pruned(self.start_network(model_name, seed), torch.randn(self.input_shape()),
+                        chosen.knob, self.step())
         prune_seconds = time.perf_counter() - started
         c = SearchConfig()
         taught = method == "l1-kd"
-        seconds = train_plain(net, self.data(seed), self.s.epochs_finetune, c.finetune_lr,
+        seconds = train_plain(net, self.data(seed), self.finetune_epochs(), self.finetune_lr(),
                               c.batch_size, c.weight_decay, seed,
                               self.teacher(dense) if taught else None, self.train_device)
         return Entry(model_name, seed, method, fraction, knob=chosen.knob,
@@ -510,7 +559,7 @@ class Bench:
                      stages=[{"name": "prune (L1)", "epochs": 0,
                               "seconds": round(prune_seconds, 2)},
                              {"name": "finetune, distilled" if taught else "finetune",
-                              "epochs": self.s.epochs_finetune,
+                              "epochs": self.finetune_epochs(),
                               "seconds": round(seconds, 2)}]), net
 
     def _family(self, model_name: str, name: str):
@@ -554,13 +603,13 @@ class Bench:
         run, _ = self.dnal_run(model_name, seed, lam)  # this sitting's, or run again
         net = torch.load(run / "pruned.pt", weights_only=False)
         c = SearchConfig()
-        seconds = train_plain(net, self.data(seed), self.s.epochs_finetune, c.finetune_lr,
+        seconds = train_plain(net, self.data(seed), self.finetune_epochs(), self.finetune_lr(),
                               c.batch_size, c.weight_decay, seed, device=self.train_device)
         return Entry(model_name, seed, "dnal", fraction, knob=lam, tries=len(made),
                      measurements=len(made),
                      keep=mask_to_text(self.pruned_init(run)["keep"]),
                      stages=[*_sum_stages([st for k in made for st in tries[k]["stages"]]),
-                             {"name": "finetune", "epochs": self.s.epochs_finetune,
+                             {"name": "finetune", "epochs": self.finetune_epochs(),
                               "seconds": round(seconds, 2)}]), net
 
     def dnal_run(self, model_name: str, seed: int, lam: float) -> tuple[Path, dict[str, Any]]:
@@ -568,7 +617,7 @@ class Bench:
         with a sitting's scratch folder is made again identically."""
         run = self.runs / model_name / f"seed{seed}" / f"dnal-{lam:.4g}"
         result = DnalSearch(self.config(
-            model_name, seed, weights=str(self.ledger.dense_weights(model_name, seed)),
+            model_name, seed, weights=str(self.start_weights(model_name, seed)),
             epochs_weights=0, epochs_finetune=0, lambda_a=lam), run).run()
         return run, result
 
@@ -624,6 +673,9 @@ def estimate_seconds(settings: Settings) -> float:
         arch, tune = settings.epochs_arch, settings.epochs_finetune
         total_epochs = settings.epochs_weights + arch + tune
         epochs = float(settings.epochs_weights)
+        if settings.search_after is not None:  # a second, shorter dense training
+            epochs += settings.search_after
+            tune = total_epochs - settings.search_after - arch
         for fraction in settings.fractions:
             # plain-epoch equivalents of one budget's units, measured 2026-12-01 (AMD EPYC,
             # 2 threads): an architecture-stage epoch (gates only, no weight gradients) takes

@@ -134,6 +134,7 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         "one ratio for every group, the classifier left whole, rounded to the channel "
         f"step; the ratio chosen by measuring {len(s['knobs'])} ratios; from the dense "
         "weights, finetuned for hwdnal's finetune epochs.",
+        f"- **The weights they inherit**: {recipe_line(s)}.",
         "- **… with distillation** (the -kd rows): the same training, the loss blended with "
         f"the dense network's softened logits (α = {s['distill']}, T = "
         f"{s['distill_temperature']}; `hwdnal search --distill`).",
@@ -178,6 +179,28 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def inherited_recipe(s: dict[str, Any]) -> tuple[int, int, float | None]:
+    """(epochs of the dense network hwdnal, DNAL and L1 start from, their finetune epochs,
+    their finetune lr or None for hwdnal's default): the settings' ``search_after``."""
+    total = s["epochs_weights"] + s["epochs_arch"] + s["epochs_finetune"]
+    start = s.get("search_after")
+    if start is None:
+        return s["epochs_weights"], s["epochs_finetune"], s.get("finetune_lr")
+    return start, total - start - s["epochs_arch"], s.get("finetune_lr")
+
+
+def recipe_line(s: dict[str, Any]) -> str:
+    start, tune, lr = inherited_recipe(s)
+    lr_text = f" at lr {lr:g}" if lr is not None else ""
+    if s.get("search_after") is None:
+        return (f"hwdnal, DNAL and L1 start from the dense network and finetune {tune} "
+                f"epochs{lr_text}")
+    return (f"hwdnal, DNAL and L1 search early: they start from the same seed's dense "
+            f"network trained only {start} epochs and finetune {tune}{lr_text}, so that "
+            f"their total ({start}+{s['epochs_arch']}+{tune}) equals uniform width's; the "
+            f"{s['epochs_weights']}-epoch dense network is the reference")
+
+
 def provenance(results: dict[str, Any]) -> list[str]:
     """Where, when and how long: one line per sitting, and how much of the mode is done."""
     s = results["settings"]
@@ -185,7 +208,8 @@ def provenance(results: dict[str, Any]) -> list[str]:
         f"- data: Fashion-MNIST 28×28, {s['train_subset'] or 60000} training images (a "
         f"deterministic subset per seed), {s['test_subset'] or 10000} test images; epochs: "
         f"weights {s['epochs_weights']}, architecture {s['epochs_arch']}, finetune "
-        f"{s['epochs_finetune']}; seeds {', '.join(map(str, s['seeds']))}",
+        f"{s['epochs_finetune']}; seeds {', '.join(map(str, s['seeds']))}; "
+        f"{recipe_line(s)}",
         f"- target `{results['target']['name']}`: {results['target']['description']}, batch "
         f"{results['target']['batch']}, {results['target']['threads']} thread(s)",
     ]
@@ -312,7 +336,7 @@ def reasons(table: Table, model: str, fraction: float, other: str,
         why.append(f"uniform width trains every weight for "
                    f"{s['epochs_weights'] + s['epochs_arch'] + s['epochs_finetune']} epochs at "
                    f"its final size; hwdnal's pruned network is finetuned for "
-                   f"{s['epochs_finetune']}")
+                   f"{inherited_recipe(s)[1]}")
     return why
 
 

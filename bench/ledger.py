@@ -82,8 +82,9 @@ class Ledger:
                                   record["fraction"]), record)
 
     def units(self) -> list[dict[str, Any]]:
+        # not units: DNAL's tries and the shorter dense training (dense-<N>ep.json)
         return [json.loads(p.read_text()) for p in sorted(self.root.glob("*/seed*/*-*.json"))
-                if p.name != "dnal-tries.json"]
+                if p.name != "dnal-tries.json" and not p.name.startswith("dense-")]
 
     # -- per model and seed ---------------------------------------------------------------
     def dense(self, model: str, seed: int) -> dict[str, Any] | None:
