@@ -11,6 +11,12 @@ each budget (a fraction of the dense latency on the target):
     l1        torch-pruning's L1-magnitude pruner, one ratio for every group (chosen by
               measuring), from the dense weights, finetuned like hwdnal
 
+A mode may let the rows that inherit weights (hwdnal, DNAL, L1) search early
+(``Settings.search_after``): they start from the same seed's dense network trained only that
+many epochs and finetune for the rest of the total, so that they spend the epochs uniform
+width spends; the fully trained dense network stays the reference (the medium mode: 6 + 1 +
+18 against 25; why: docs/arch-stage-findings.md, session 3).
+
 and the ablations that separate the search from the recipe:
 
     hwdnal-kd       hwdnal's pruned network finetuned with distillation from the dense one
@@ -742,7 +748,8 @@ def collect(ledger: Ledger, settings: Settings, mode: str, target: Target) -> di
         "settings": asdict(settings),
         "load_before": sittings[0]["load_before"] if sittings else [math.nan],
         "load_after": sittings[-1]["load_after"] if sittings else [math.nan],
-        "estimate_s": sittings[0]["estimate_s"] if sittings else math.nan,
+        # the latest sitting's: a mode whose settings changed is estimated anew
+        "estimate_s": sittings[-1]["estimate_s"] if sittings else math.nan,
         "seconds": sum(s["seconds"] for s in sittings),
         "progress": {"units": len(wanted), "done": len(done & set(wanted)),
                      "dense": len(dense), "dense_total": len(settings.models) * len(

@@ -227,7 +227,7 @@ def provenance(results: dict[str, Any]) -> list[str]:
                 f"- machine: {results['machine']}",
                 f"- wall time {results['seconds'] / 60:.1f} min"]
     lines.append(f"- wall time {results['seconds'] / 3600:.2f} h in {len(sittings)} "
-                 f"sitting(s) (all of the mode estimated up front at "
+                 f"sitting(s) (all of the mode estimated, at the latest sitting, at "
                  f"{results['estimate_s'] / 3600:.1f} h of this machine's CPU):")
     for i, sitting in enumerate(sittings, 1):
         lines.append(
@@ -382,7 +382,9 @@ def verdict(table: Table) -> list[str]:
         head += [
             f"These are {table.r.get('mode', 'quick')}-mode numbers: "
             f"{s['train_subset'] or 60000} training images and "
-            f"{s['epochs_weights']}+{s['epochs_arch']}+{s['epochs_finetune']} epochs leave "
+            f"{s['epochs_weights']}+{s['epochs_arch']}+{s['epochs_finetune']} epochs "
+            f"({inherited_recipe(s)[0]}+{s['epochs_arch']}+{inherited_recipe(s)[1]} for the "
+            "rows that inherit weights) leave "
             f"every network short of what it could reach, and {len(s['seeds'])} seed(s) give "
             "a rough spread; the full mode (`make bench`) trains on all images for longer.",
             "",
