@@ -309,8 +309,12 @@ class Bench:
             if self.out_of_time():
                 return None
             run = self.runs / model_name / f"seed{seed}" / "dense"
+            # no finetune here: the search's default lr keeps the run's settings those of
+            # a sitting before ``finetune_lr`` existed, so that its scratch run resumes
             result = DnalSearch(self.config(model_name, seed, epochs_arch=0,
-                                            epochs_finetune=0), run).run()
+                                            epochs_finetune=0,
+                                            finetune_lr=SearchConfig().finetune_lr),
+                                run).run()
             weights = next(st for st in result["stages"] if st["name"] == "weights")
             network = torch.load(run / "dense.pt", weights_only=False)
             self.ledger.save_dense(model_name, seed, {
