@@ -115,6 +115,16 @@ class Settings:
     #: the finetune lr of those rows (None: hwdnal's default)
     finetune_lr: float | None = None
 
+    def total_epochs(self) -> int:
+        return self.epochs_weights + self.epochs_arch + self.epochs_finetune
+
+    def finetune_epochs(self) -> int:
+        """What the rows that start from trained weights finetune: the rest of the total
+        when they search early (``search_after``)."""
+        if self.search_after is None:
+            return self.epochs_finetune
+        return self.total_epochs() - self.search_after - self.epochs_arch
+
 
 #: the medium mode's rows: the issue's comparison without the distillation ablations
 MEDIUM_METHODS = ("hwdnal", "uniform", "l1", "dnal", "hwdnal-scratch")
@@ -196,9 +206,8 @@ class Bench:
         settings: dict[str, Any] = dict(
             model=model, data="fashion-mnist", train_subset=s.train_subset,
             test_subset=s.test_subset, epochs_weights=s.epochs_weights,
-            epochs_arch=s.epochs_arch, epochs_finetune=self.finetune_epochs(), seed=seed,
-            finetune_lr=self.finetune_lr(), target=self.target_arg, compile=False,
-            device=self.train_device)
+            epochs_arch=s.epochs_arch, epochs_finetune=s.epochs_finetune, seed=seed,
+            target=self.target_arg, compile=False, device=self.train_device)
         return SearchConfig(**{**settings, **changes})
 
     def data(self, seed: int):
@@ -309,12 +318,8 @@ class Bench:
             if self.out_of_time():
                 return None
             run = self.runs / model_name / f"seed{seed}" / "dense"
-            # no finetune here: the search's default lr keeps the run's settings those of
-            # a sitting before ``finetune_lr`` existed, so that its scratch run resumes
             result = DnalSearch(self.config(model_name, seed, epochs_arch=0,
-                                            epochs_finetune=0,
-                                            finetune_lr=SearchConfig().finetune_lr),
-                                run).run()
+                                            epochs_finetune=0), run).run()
             weights = next(st for st in result["stages"] if st["name"] == "weights")
             network = torch.load(run / "dense.pt", weights_only=False)
             self.ledger.save_dense(model_name, seed, {
@@ -399,14 +404,10 @@ class Bench:
         return Distillation(copy.deepcopy(dense), self.s.distill, self.s.distill_temperature)
 
     def total_epochs(self) -> int:
-        return self.s.epochs_weights + self.s.epochs_arch + self.s.epochs_finetune
+        return self.s.total_epochs()
 
     def finetune_epochs(self) -> int:
-        """What the rows that start from trained weights finetune: the rest of the total
-        when they search early (``search_after``)."""
-        if self.s.search_after is None:
-            return self.s.epochs_finetune
-        return self.total_epochs() - self.s.search_after - self.s.epochs_arch
+        return self.s.finetune_epochs()
 
     def finetune_lr(self) -> float:
         return self.s.finetune_lr if self.s.finetune_lr is not None else \
@@ -443,6 +444,9 @@ class Bench:
     def hwdnal_run(self, model_name: str, seed: int, fraction: float, lut: str,
                    name: str, **changes: Any) -> tuple[dict[str, Any], Path]:
         run = self.runs / model_name / f"seed{seed}" / name
+        # only the search finetunes with the mode's recipe; its other runs stop before
+        changes = {"epochs_finetune": self.finetune_epochs(),
+                   "finetune_lr": self.finetune_lr(), **changes}
         result = DnalSearch(self.config(
             model_name, seed, weights=str(self.start_weights(model_name, seed)),
             epochs_weights=0, budget=f"{fraction * 100:g}%", lut=lut, **changes), run).run()
@@ -680,12 +684,10 @@ def estimate_seconds(settings: Settings) -> float:
         # the median of 9 steps: 3 left the estimate anywhere between 1.9 and 3.1 h
         per_image = statistics.median(_step_time(net, list(net.parameters()), x, y, 9)) / 128
         n = len(settings.fractions)
-        arch, tune = settings.epochs_arch, settings.epochs_finetune
-        total_epochs = settings.epochs_weights + arch + tune
-        epochs = float(settings.epochs_weights)
-        if settings.search_after is not None:  # a second, shorter dense training
-            epochs += settings.search_after
-            tune = total_epochs - settings.search_after - arch
+        arch, tune = settings.epochs_arch, settings.finetune_epochs()
+        total_epochs = settings.total_epochs()
+        # a second, shorter dense training when the searches start early
+        epochs = float(settings.epochs_weights + (settings.search_after or 0))
         for fraction in settings.fractions:
             # plain-epoch equivalents of one budget's units, measured 2026-12-01 (AMD EPYC,
             # 2 threads): an architecture-stage epoch (gates only, no weight gradients) takes

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hwdnal.data import load_data
     from hwdnal.models import create_model
+    from hwdnal.targets import load_target
 
     settings = json.loads((args.ledger / "settings.json").read_text())["settings"]
     seed_dir = args.ledger / args.model / f"seed{args.seed}"
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                                    weights_only=False, map_location="cpu")["model"]
             else:
                 knob = json.loads((seed_dir / f"l1-{fraction:g}.json").read_text())["knob"]
-                step = 8
+                step = load_target("cpu").profile.preferred_channel_step  # as the ledger
                 source = dense
                 if args.start_weights is not None:
                     source = create_model(args.model, 10, 1)
