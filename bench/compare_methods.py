@@ -181,6 +181,17 @@ class Entry:
     #: training) or "seed" (the seed's final interleaved measurement of all its networks)
     latency_source: str = "unit"
     load_at_measurement: float | None = None
+    #: "<method>-<budget>" of this seed whose trained network this one is, bit for bit
+    #: (L1 at two budgets whose ratios round to the same channels): trained once, its
+    #: accuracy and cost copied, its latency measured like any other row's
+    same_network_as: str | None = None
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Two networks with the same tensors under the same names."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
 
 
 class Bench:
@@ -363,8 +374,10 @@ class Bench:
 
     def finish(self, entry: Entry, net: torch.nn.Module, dense: torch.nn.Module,
                seed: int) -> None:
-        """Accuracy, size and the latency measured interleaved with the dense network."""
-        entry.accuracy = evaluate_on(net, self.data(seed))
+        """Accuracy, size and the latency measured interleaved with the dense network (a
+        unit whose network another trained keeps that one's accuracy: ``net`` is untrained)."""
+        if entry.same_network_as is None:
+            entry.accuracy = evaluate_on(net, self.data(seed))
         net = net.cpu().eval()
         example = torch.randn(self.input_shape())
         entry.params, entry.macs = params_and_macs(net, example)
@@ -560,9 +573,17 @@ class Bench:
 
         chosen = pick_for_budget(self._family(model_name, "l1"), fraction)
         started = time.perf_counter()
-        net = l1_pruned(self.start_network(model_name, seed), torch.randn(self.input_shape()),
-                        chosen.knob, self.step())
+        start = self.start_network(model_name, seed)
+        net = l1_pruned(start, torch.randn(self.input_shape()), chosen.knob, self.step())
         prune_seconds = time.perf_counter() - started
+        twin = self.trained_twin(model_name, seed, fraction, method, start, net)
+        if twin is not None:
+            # the very network another budget trained (both ratios round to the same
+            # channels): training it again from the same start and data order repeats it
+            return Entry(model_name, seed, method, fraction, knob=chosen.knob,
+                         accuracy=twin["accuracy"], measurements=len(self.s.knobs),
+                         stages=twin["stages"],
+                         same_network_as=f"{method}-{twin['fraction']:g}"), net
         c = SearchConfig()
         taught = method == "l1-kd"
         seconds = train_plain(net, self.data(seed), self.finetune_epochs(), self.finetune_lr(),
@@ -575,6 +596,23 @@ class Bench:
                              {"name": "finetune, distilled" if taught else "finetune",
                               "epochs": self.finetune_epochs(),
                               "seconds": round(seconds, 2)}]), net
+
+    def trained_twin(self, model_name: str, seed: int, fraction: float, method: str,
+                     start: torch.nn.Module, net: torch.nn.Module) -> dict[str, Any] | None:
+        """The unit of ``method`` at another budget of this seed that pruned ``start`` to
+        exactly ``net`` (same channels, same weights) and trained it, if there is one."""
+        from methods import l1_pruned
+
+        for other in self.s.fractions:
+            record = self.ledger.unit(model_name, seed, method, other)
+            if other == fraction or record is None or record["failed"] is not None:
+                continue
+            if record.get("same_network_as") is not None:
+                continue  # itself a copy: its source is checked on its own
+            twin = l1_pruned(start, torch.randn(self.input_shape()), record["knob"], self.step())
+            if same_weights(twin, net):
+                return record
+        return None
 
     def _family(self, model_name: str, name: str):
         from methods import Candidate
@@ -668,9 +706,28 @@ def evaluate_on(net: torch.nn.Module, data) -> float:
     return evaluate(net, data)
 
 
-def estimate_seconds(settings: Settings) -> float:
+def l1_twins(ledger: Ledger, settings: Settings, model_name: str, step: int) -> int:
+    """How many of a seed's L1 budgets pick a ratio that rounds to the channels of an
+    earlier budget's pick (:meth:`Bench.trained_twin` reuses those), by the ledger's L1
+    family; 0 before the family is measured."""
+    from methods import Candidate, l1_pruned, pick_for_budget
+
+    family = (ledger.read(f"{model_name}/families.json") or {}).get("l1")
+    if not family or "l1" not in settings.methods:
+        return 0
+    candidates = [Candidate(**c) for c in family]
+    shapes: list[tuple] = []
+    for fraction in settings.fractions:
+        net = l1_pruned(create_model(model_name, 10, 1).eval(), torch.randn(1, 1, 28, 28),
+                        pick_for_budget(candidates, fraction).knob, step)
+        shapes.append(tuple(tuple(v.shape) for v in net.state_dict().values()))
+    return len(shapes) - len(set(shapes))
+
+
+def estimate_seconds(settings: Settings, l1_repeats: dict[str, int] | None = None) -> float:
     """Rough wall time on this machine's CPU: images trained (in plain-step equivalents)
-    at the measured speed, plus the measuring."""
+    at the measured speed, plus the measuring; ``l1_repeats[model]`` L1 units a seed
+    reuses rather than trains (:func:`l1_twins`)."""
     from gate_overhead import _step_time
 
     total = 0.0
@@ -702,6 +759,8 @@ def estimate_seconds(settings: Settings) -> float:
                         "hwdnal-scratch": small * total_epochs, "l1": small * tune,
                         "l1-kd": small * 2.5 * tune, "hwdnal-kd": small * 2.5 * tune}
             epochs += sum(per_unit[m] for m in settings.methods)
+        smallest = 0.3 + 0.3 * min(settings.fractions)  # the later budget's, reused
+        epochs -= (l1_repeats or {}).get(model_name, 0) * smallest * tune
         measuring = 60 + 2 * len(settings.knobs) + n * 8 * 15 + 30
         # the step on random images measures about 1.1x a real epoch's per step (the demo's
         # weight epoch: 185 ms per step against 210 here): no extra margin on top of it
@@ -842,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
     load_before = os.getloadavg()
-    estimate = estimate_seconds(full)
+    step = target.profile.preferred_channel_step
+    estimate = estimate_seconds(full, {m: l1_twins(ledger, full, m, step) for m in full.models})
     print(f"mode {args.mode}: {len(all_units(full))} units; all of them would take about "
           f"{estimate / 3600:.1f} h on this machine's CPU; ledger {ledger.root}", flush=True)
     started_at = datetime.now().isoformat("T", "seconds")

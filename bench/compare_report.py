@@ -173,7 +173,12 @@ def write_report(results: dict[str, Any], out: Path, img_dir: Path) -> None:
         "The architecture stage's own ablations, each change measured against the one before "
         "it on one set of dense weights (which part lets the stage see what a channel is "
         "worth, where its mask lands against the budget, how much the fit changes): "
-        "[arch-stage.md](arch-stage.md), written by `python bench/arch_ablation.py`.",
+        "[arch-stage.md](arch-stage.md), written by `python bench/arch_ablation.py`. The "
+        "finetune recipe's variants (lr, length, distillation, the split of the epochs) on "
+        "the very networks this ledger pruned: [recipe.md](recipe.md), written by `python "
+        "bench/recipe_ablation.py`; which channels a group keeps, and the spread of one "
+        "finetune: `python bench/channel_choice.py`; both read in "
+        "[arch-stage-findings.md](arch-stage-findings.md).",
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
@@ -411,9 +416,12 @@ def contribution_table(table: Table) -> list[str]:
                 if c is None or math.isnan(c["gap"]):
                     continue
                 effect = {"wins": "gain", "loses": "loss", "ties": "none measurable"}
+                said = effect[c["outcome"]]
+                if c["missed_a"] != c["missed_x"]:  # decided by the budget, not the top-1
+                    said += (" (without it the budget is missed)" if c["missed_x"]
+                             else " (with it the budget is missed)")
                 lines.append(f"| {model} | {fraction:.0%} | {what} | {100 * c['a']:.1f} | "
-                             f"{100 * c['x']:.1f} | {100 * c['gap']:+.1f} | "
-                             f"{effect[c['outcome']]} |")
+                             f"{100 * c['x']:.1f} | {100 * c['gap']:+.1f} | {said} |")
     return [*lines, ""]
 
 
@@ -535,6 +543,17 @@ def cost_tables(table: Table) -> list[str]:
                 measurements = statistics.fmean(e["measurements"] for e in runs)
                 lines.append(f"| {model} | {LABELS[method]} | {fraction:.0%} | "
                              f"{'; '.join(parts)} | {total:.0f} | {measurements:.1f} |")
+    shared = [e for e in r["entries"] if e.get("same_network_as")]
+    for model, method, fraction, source in sorted({
+            (e["model"], e["method"], e["fraction"], e["same_network_as"]) for e in shared}):
+        seeds = sorted(e["seed"] for e in shared if (e["model"], e["method"], e["fraction"],
+                                                     e["same_network_as"])
+                       == (model, method, fraction, source))
+        lines += ["", f"{model}, {LABELS[method]} at {fraction:.0%}: on seed(s) "
+                  f"{', '.join(map(str, seeds))} its ratio rounds to the very channels of "
+                  f"`{source}`; that network was trained once (the same start and data order "
+                  "would repeat it bit for bit), its accuracy and cost stand in both rows, "
+                  "and its latency is measured in both."]
     lines += ["", "| model | dense weight stage: epochs | seconds (mean over seeds) |",
               "| --- | ---: | ---: |"]
     for model in table.models:

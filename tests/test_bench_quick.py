@@ -124,3 +124,44 @@ def test_masks_survive_the_ledger() -> None:
 
     keep = torch.rand(301) > 0.4
     assert torch.equal(mask_from_text(mask_to_text(keep)), keep)
+
+
+def test_l1_reuses_the_network_another_budget_trained(tmp_path: Path,
+                                                      fashion_mnist_available: None) -> None:
+    """Two L1 budgets whose ratios round to the same channels are one network: the second
+    budget takes the first one's accuracy and cost, says so, and is still measured; a ratio
+    that rounds elsewhere is trained."""
+    import dataclasses
+
+    import torch
+
+    bench = _load_bench()
+    from ledger import Ledger
+    from methods import l1_pruned
+
+    from hwdnal.targets import load_target
+
+    settings = dataclasses.replace(bench.MODES["smoke"], fractions=(0.5, 0.3))
+    target = load_target(str(_fast_target(tmp_path)))
+    ledger = Ledger(tmp_path / "ledger")
+    # knob 0.4 and 0.5 keep the same channel counts at a step of 8 (16 -> 8, 32 -> 16, ...)
+    ledger.write("resnet20/families.json", {"l1": [{"knob": 0.4, "ratio": 0.46},
+                                                    {"knob": 0.5, "ratio": 0.45}]})
+    run = bench.Bench(settings, target, str(_fast_target(tmp_path)), tmp_path / "runs", ledger,
+                      methods=("l1",))
+    trained = bench.Entry("resnet20", 0, "l1", 0.5, knob=0.4, accuracy=0.4321,
+                          stages=[{"name": "finetune", "epochs": 1, "seconds": 12.0}])
+    ledger.save_unit(trained)
+
+    entry, net = run.l1("resnet20", 0, 0.3, None, "", "l1")  # the fastest member: knob 0.5
+    assert entry.knob == 0.5 and entry.same_network_as == "l1-0.5"
+    assert entry.accuracy == 0.4321 and entry.stages == trained.stages
+    dense = run.fresh("resnet20", 0).eval()
+    run.finish(entry, net, dense, 0)
+    assert entry.accuracy == 0.4321 and entry.latency_ms > 0  # measured, not copied
+    assert entry.macs < bench.params_and_macs(dense, torch.randn(1, 1, 28, 28))[1]
+
+    start = run.start_network("resnet20", 0)
+    elsewhere = l1_pruned(start, torch.randn(1, 1, 28, 28), 0.8, run.step())
+    assert run.trained_twin("resnet20", 0, 0.3, "l1", start, elsewhere) is None
+    assert bench.l1_twins(ledger, settings, "resnet20", run.step()) == 1
