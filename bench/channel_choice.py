@@ -76,13 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ledger import mask_from_text
-    from methods import uniform_mask
-    from recipe_ablation import RECIPES, finetuned_accuracy
+    from methods import sliced_like, uniform_mask
+    from recipe_ablation import RECIPES, append_row, finetuned_accuracy
 
     from hwdnal.data import load_data
     from hwdnal.gated import GatedModel
     from hwdnal.models import create_model
-    from hwdnal.prune import prune_physically
     from hwdnal.targets import load_target
 
     settings = json.loads((args.ledger / "settings.json").read_text())["settings"]
@@ -118,19 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         if (args.fraction, variant) in done:
             continue
         keep = masks[variant]()
-        cut = GatedModel(copy.deepcopy(start), example)
-        cut.set_keep_mask(keep)
-        net = prune_physically(cut).eval()
+        net = sliced_like(start, example, keep)  # the 6-epoch weights, cut to ``keep``
         order = args.seed + (1 if variant.endswith("order1") else 0)
         before, after, seconds = finetuned_accuracy(net, dense, data, recipe, order)
         row = {"fraction": args.fraction, "variant": variant, "recipe": recipe.name,
                "same_channels_as_own": round(float((keep == own).float().mean()), 4),
                "kept": int(keep.sum()), "before": before, "accuracy": after,
                "seconds": round(seconds, 1), "when": time.strftime("%Y-%m-%d %H:%M")}
-        print(json.dumps(row), flush=True)
-        results.append(row)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        append_row(args.out, results, row)
     return 0
 
 

@@ -156,11 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"method": method, "fraction": fraction, "recipe": name,
                        **asdict(recipe), "before": before, "accuracy": after,
                        "seconds": round(seconds, 1), "when": time.strftime("%Y-%m-%d %H:%M")}
-                print(json.dumps(row), flush=True)
-                results.append(row)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(results, indent=1) + "\n")
+                append_row(args.out, results, row)
     return 0
+
+
+def append_row(out: Path, results: list[dict], row: dict) -> None:
+    """Print one finished line and rewrite ``out`` with it, so a stopped run keeps it."""
+    print(json.dumps(row), flush=True)
+    results.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
