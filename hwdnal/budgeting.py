@@ -514,8 +514,8 @@ def fit_to_budget(
 
     Each round fits the gates to a predicted-latency target, prunes a copy of ``dense``,
     measures it on the target (interleaved with the dense network, against which a relative
-    budget is judged) and rescales the target by how far the measurement was from 96% of
-    the budget. A round within the budget is measured in ``calls`` separate device calls and
+    budget is judged) and sets the next target to that network's prediction scaled by how
+    far its measurement was from 96% of the budget. A round within the budget is measured in ``calls`` separate device calls and
     judged by its worst, so a device that is noisy leaves itself a margin of its own noise.
     Keeps the architecture that came closest to the budget from below; none after
     ``rounds`` is a clear error (the run stays resumable at this stage). Every call's pair of
@@ -561,7 +561,10 @@ def fit_to_budget(
             best = (keep, share)
         if best is not None and best[1] >= 0.9:
             break
-        target_ms *= 0.96 / share
+        # rescale what was predicted for the measured network, not the target: the fit
+        # leaves up to a channel step of slack below its target, so a target lowered by a
+        # few percent can return the very network just measured over the budget
+        target_ms = fitted.predicted_ms * 0.96 / share
     if best is None:
         tried = ", ".join(f"{r.measured_ms:.3f}/{r.budget_ms:.3f}" for r in history)
         raise UserError(

@@ -207,7 +207,7 @@ class _NoisyDevice:
         return {"target": "scripted"}
 
 
-def _noisy_fit_setup(factors: list[float]):
+def _noisy_fit_setup(factors: list[float], channel_step: int = 4, share: float = 0.5):
     model = create_model("resnet20", 10, 3).eval()
     example = torch.randn(1, 3, 16, 16)
     gated = GatedModel(copy.deepcopy(model), example)
@@ -217,20 +217,21 @@ def _noisy_fit_setup(factors: list[float]):
     dense_ms = sum(p.numel() for p in model.parameters()) / 1e4
     device = _NoisyDevice(factors)
     latency = TargetLatency(target=device.target, measurer=device, input_shape=(1, 3, 16, 16),
-                            channel_step=4, dense_ms=dense_ms, budget_ms=0.5 * dense_ms,
-                            budget=parse_budget(f"{0.5 * dense_ms}ms"),
+                            channel_step=channel_step, dense_ms=dense_ms,
+                            budget_ms=share * dense_ms,
+                            budget=parse_budget(f"{share * dense_ms}ms"),
                             latency_model=_LinearLatency())
     return gated, model, example, latency, device
 
 
 def test_the_fit_keeps_a_round_only_when_every_call_is_within_the_budget(tmp_path):
-    """A network's first call is fast, its later ones 25% slow: a round that one slow call
+    """A network's first call is fast, its later ones 50% slow: a round that one slow call
     puts over the budget is not kept, however fast its first; the fit aims lower until
     every call fits."""
     from hwdnal.budgeting import MEASUREMENT_CALLS, fit_to_budget
     from hwdnal.latency.cache import MeasurementCache
 
-    gated, model, example, latency, device = _noisy_fit_setup([1.0, 1.25])
+    gated, model, example, latency, device = _noisy_fit_setup([1.0, 1.5])
     cache = MeasurementCache(tmp_path / "fit.json", device.fingerprint())
     keep, rounds = fit_to_budget(gated, model, latency, example, cache=cache)
 
@@ -252,7 +253,7 @@ def test_the_fit_keeps_a_round_only_when_every_call_is_within_the_budget(tmp_pat
     assert len(cache) == 2 * device.calls, "every call's pair of measurements is cached"
 
     pruned_ms = sum(p.numel() for p in subnetwork(model, keep, example).parameters()) / 1e4
-    assert 1.25 * pruned_ms <= budget, "the kept network fits the budget even in a slow call"
+    assert 1.5 * pruned_ms <= budget, "the kept network fits the budget even in a slow call"
 
     again = _NoisyDevice([1.0])
     latency.measurer = again
@@ -261,6 +262,23 @@ def test_the_fit_keeps_a_round_only_when_every_call_is_within_the_budget(tmp_pat
         cache=MeasurementCache(tmp_path / "fit.json", device.fingerprint()))
     assert again.calls == 0, "a resumed fit measures none of the calls it has"
     assert torch.equal(keep, keep_again) and rounds == rounds_again
+
+
+@pytest.mark.parametrize("share", [0.35, 0.5, 0.65])
+def test_a_round_over_the_budget_is_followed_by_a_smaller_network(share: float):
+    """Coarse channel steps leave the fit slack below its target: the next round must aim
+    below what was predicted for the network just measured, or it proposes that network
+    again (seen on a CPU: three rounds of the same network at 0.142/0.141 ms, then an
+    error)."""
+    from hwdnal.budgeting import fit_to_budget
+
+    gated, model, example, latency, _device = _noisy_fit_setup([1.0], channel_step=16,
+                                                                share=share)
+    keep, rounds = fit_to_budget(gated, model, latency, example)
+    for before, after in zip(rounds, rounds[1:]):
+        if before.measured_ms > before.budget_ms:
+            assert after.predicted_ms < before.predicted_ms, rounds
+    assert rounds[-1].measured_ms <= rounds[-1].budget_ms, rounds
 
 
 def test_the_final_measurement_is_the_median_of_its_calls():
