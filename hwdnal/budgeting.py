@@ -515,8 +515,9 @@ def fit_to_budget(
     Each round fits the gates to a predicted-latency target, prunes a copy of ``dense``,
     measures it on the target (interleaved with the dense network, against which a relative
     budget is judged) and sets the next target to that network's prediction scaled by how
-    far its measurement was from 96% of the budget. A round within the budget is measured in ``calls`` separate device calls and
-    judged by its worst, so a device that is noisy leaves itself a margin of its own noise.
+    far its measurement was from 96% of the budget. A round within the budget is measured
+    in ``calls`` separate device calls and judged by its worst, so a device that is noisy
+    leaves itself a margin of its own noise.
     Keeps the architecture that came closest to the budget from below; none after
     ``rounds`` is a clear error (the run stays resumable at this stage). Every call's pair of
     measurements goes to ``cache`` as it is taken, so a fit cut short (a lost agent, Ctrl-C)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import subprocess
 import sys
@@ -274,8 +275,8 @@ def test_a_round_over_the_budget_is_followed_by_a_smaller_network(share: float):
 
     gated, model, example, latency, _device = _noisy_fit_setup([1.0], channel_step=16,
                                                                 share=share)
-    keep, rounds = fit_to_budget(gated, model, latency, example)
-    for before, after in zip(rounds, rounds[1:]):
+    _keep, rounds = fit_to_budget(gated, model, latency, example)
+    for before, after in itertools.pairwise(rounds):
         if before.measured_ms > before.budget_ms:
             assert after.predicted_ms < before.predicted_ms, rounds
     assert rounds[-1].measured_ms <= rounds[-1].budget_ms, rounds
