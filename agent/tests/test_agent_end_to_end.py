@@ -327,16 +327,19 @@ def _measure_concurrently(urls, tokens, models):
 
 
 def test_two_tcp_clients_queue_for_the_device(tcp_agent, models):
+    # Only the two measure requests hold the device after `started`: their spans are the
+    # two, whatever they last (a slow warm-up on a loaded CI machine shortens the timed
+    # part, and a filter on duration once dropped one of them).
     spans = _measure_concurrently([tcp_agent.url] * 2, [tcp_agent.token] * 2, models)
-    spans = [s for s in spans if s[1] - s[0] > 0.2]  # the two measurements
-    assert len(spans) == 2
+    assert len(spans) == 2, spans
+    assert all(end > start for start, end in spans), spans
     assert spans[0][1] <= spans[1][0], spans
 
 
 def test_two_stdio_agents_on_one_device_queue_through_the_lock_file(tmp_path, models, kit):
     url = kit.exec_url(tmp_path / "device.lock")
     spans = _measure_concurrently([url, url], [None, None], models)
-    assert len(spans) == 2 and all(end - start > 0.2 for start, end in spans)
+    assert len(spans) == 2 and all(end > start for start, end in spans), spans
     assert spans[0][1] <= spans[1][0], spans
 
 
