@@ -68,7 +68,7 @@ import torch
 from ledger import Ledger, machine_line, mask_from_text, mask_to_text
 
 from hwdnal.atomic import save_torch
-from hwdnal.budgeting import _measure_together
+from hwdnal.budget.measure import measure_together
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import load_data
 from hwdnal.devices import open_measurer
@@ -292,7 +292,7 @@ class Bench:
 
     def gate_overhead(self, model_name: str) -> list[dict[str, Any]]:
         """Per-step time of plain, gates-off and architecture-stage training, interleaved."""
-        from gate_overhead import _step_time
+        from gate_overhead import step_time
 
         from hwdnal.gated import GatedModel
         from hwdnal.gates import GateMode
@@ -311,11 +311,11 @@ class Bench:
                  "gates off": (off, list(off.model.parameters())),
                  "architecture stage": (soft, [soft.gate.s])}
         for net, params in cases.values():
-            _step_time(net, params, x, y, 2)
+            step_time(net, params, x, y, 2)
         samples: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(self.s.overhead_rounds):
             for name, (net, params) in cases.items():
-                samples[name] += _step_time(net, params, x, y, 2)
+                samples[name] += step_time(net, params, x, y, 2)
         base = statistics.median(samples["plain"])
         return [{"model": model_name, "case": name, "step_ms": 1000 * statistics.median(values),
                  "relative": statistics.median(values) / base, "steps": len(values)}
@@ -382,7 +382,7 @@ class Bench:
         example = torch.randn(self.input_shape())
         entry.params, entry.macs = params_and_macs(net, example)
         entry.load_at_measurement = os.getloadavg()[0]
-        d, p = _measure_together(self.device, [dense, net], self.input_shape())
+        d, p = measure_together(self.device, [dense, net], self.input_shape())
         entry.latency_ms, entry.dense_ms = p.median_ms, d.median_ms
 
     def measure_seed(self, model_name: str, seed: int, dense: torch.nn.Module) -> None:
@@ -395,7 +395,7 @@ class Bench:
         alive = [r for r in records if r is not None and not r["failed"]]
         networks = [self.rebuild(r) for r in alive]
         load = os.getloadavg()[0]
-        measured = _measure_together(self.device, [dense, *networks], self.input_shape())
+        measured = measure_together(self.device, [dense, *networks], self.input_shape())
         self.ledger.write(relative, {
             "dense_ms": measured[0].median_ms, "load": [load, os.getloadavg()[0]],
             "latency_ms": {f"{r['method']}-{r['fraction']:g}": m.median_ms
@@ -644,7 +644,7 @@ class Bench:
                 break
             run, result = self.dnal_run(model_name, seed, lam)
             pruned = torch.load(run / "pruned.pt", weights_only=False).eval()
-            d, p = _measure_together(self.device, [dense, pruned], self.input_shape())
+            d, p = measure_together(self.device, [dense, pruned], self.input_shape())
             tries[lam] = {"ratio": p.median_ms / d.median_ms, "stages": [
                 st for st in result["stages"] if st["name"] in ("architecture", "prune")]}
             self.ledger.write(tries_file, {str(k): v for k, v in tries.items()})
@@ -728,7 +728,7 @@ def estimate_seconds(settings: Settings, l1_repeats: dict[str, int] | None = Non
     """Rough wall time on this machine's CPU: images trained (in plain-step equivalents)
     at the measured speed, plus the measuring; ``l1_repeats[model]`` L1 units a seed
     reuses rather than trains (:func:`l1_twins`)."""
-    from gate_overhead import _step_time
+    from gate_overhead import step_time
 
     total = 0.0
     train_images = settings.train_subset or 60000
@@ -737,9 +737,9 @@ def estimate_seconds(settings: Settings, l1_repeats: dict[str, int] | None = Non
         x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (128,))
         net = create_model(model_name, 10, 1).to(memory_format=torch.channels_last)
-        _step_time(net, list(net.parameters()), x, y, 2)
+        step_time(net, list(net.parameters()), x, y, 2)
         # the median of 9 steps: 3 left the estimate anywhere between 1.9 and 3.1 h
-        per_image = statistics.median(_step_time(net, list(net.parameters()), x, y, 9)) / 128
+        per_image = statistics.median(step_time(net, list(net.parameters()), x, y, 9)) / 128
         n = len(settings.fractions)
         arch, tune = settings.epochs_arch, settings.finetune_epochs()
         total_epochs = settings.total_epochs()

@@ -27,8 +27,9 @@ from hwdnal.gates import GateMode
 from hwdnal.models import create_model
 
 
-def _step_time(model: torch.nn.Module, params: list[torch.nn.Parameter], x: torch.Tensor,
-               y: torch.Tensor, repeats: int) -> list[float]:
+def step_time(model: torch.nn.Module, params: list[torch.nn.Parameter], x: torch.Tensor,
+              y: torch.Tensor, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` SGD steps on one batch."""
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     times = []
     for _ in range(repeats):
@@ -70,11 +71,11 @@ def main() -> None:
     }
     load_before = os.getloadavg()[0]
     for model, params in cases.values():  # warm-up
-        _step_time(model, params, x, y, 3)
+        step_time(model, params, x, y, 3)
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.rounds):
         for name, (model, params) in cases.items():
-            samples[name] += _step_time(model, params, x, y, 2)
+            samples[name] += step_time(model, params, x, y, 2)
 
     load_after = os.getloadavg()[0]
     base = statistics.median(samples[next(iter(cases))])

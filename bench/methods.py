@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hwdnal.budgeting import _measure_together
+from hwdnal.budget.measure import measure_together
 from hwdnal.data import DataSpec, steps_per_epoch
 from hwdnal.devices import Measurer
 from hwdnal.distillation import Distillation
@@ -28,10 +28,10 @@ from hwdnal.train import TrainSettings, train_epoch
 def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_size: int,
                 weight_decay: float, seed: int, teacher: Distillation | None = None,
                 device: str = "cpu") -> float:
-    """The engine's weight/finetune loop (see ``DnalSearch._train_plain``), with the
+    """The engine's weight/finetune loop (the search's weights and finetune stages), with the
     search's distillation when a ``teacher`` is given, on ``device`` with the search's
     default precision there (bf16 autocast on a GPU); returns seconds."""
-    from hwdnal.search import _amp_dtype
+    from hwdnal.train import amp_dtype, make_optimizer
 
     started = time.perf_counter()
     if epochs <= 0:
@@ -42,15 +42,13 @@ def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     steps = steps_per_epoch(data, batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                                weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
+    optimizer, scheduler = make_optimizer(model.parameters(), lr, weight_decay, epochs * steps)
     model.train()
     for epoch in range(epochs):
         train_epoch(model, data, optimizer, batch_size, seed=seed * 1000 + epoch,
                     scheduler=scheduler,
                     settings=TrainSettings(channels_last=True, distillation=teacher,
-                                           amp=_amp_dtype("auto", device)))
+                                           amp=amp_dtype("auto", device)))
     model.eval()
     return time.perf_counter() - started
 
@@ -109,7 +107,7 @@ def measure_family(device: Measurer, dense: nn.Module, input_shape: tuple[int, .
                    build: Callable[[float], nn.Module], knobs: Sequence[float]) -> list[Candidate]:
     """Latency of a family of networks, all measured interleaved with the dense one."""
     networks = [build(knob) for knob in knobs]
-    measured = _measure_together(device, [dense, *networks], input_shape)
+    measured = measure_together(device, [dense, *networks], input_shape)
     base = measured[0].median_ms
     return [Candidate(knob, m.median_ms / base) for knob, m in zip(knobs, measured[1:],
                                                                    strict=True)]

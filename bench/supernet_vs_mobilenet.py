@@ -32,12 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hwdnal.budgeting import (
-    MEASUREMENT_CALLS,
-    TargetLatency,
-    _measure_together,
-    final_latency,
-)
+from hwdnal.budget.measure import MEASUREMENT_CALLS, final_latency, measure_together
+from hwdnal.budget.target import TargetLatency
 from hwdnal.complexity import params_and_macs
 from hwdnal.devices import open_measurer
 from hwdnal.models import create_model
@@ -51,14 +47,14 @@ def step_cost(name: str, batch: int, repeats: int = 3) -> tuple[float, float]:
     process's peak resident memory afterwards (GiB)."""
     import resource
 
-    from gate_overhead import _step_time
+    from gate_overhead import step_time
 
     torch.manual_seed(0)
     x = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     net = create_model(name, 10, 1).to(memory_format=torch.channels_last)
-    _step_time(net, list(net.parameters()), x, y, 1)
-    seconds = statistics.median(_step_time(net, list(net.parameters()), x, y, repeats))
+    step_time(net, list(net.parameters()), x, y, 1)
+    seconds = statistics.median(step_time(net, list(net.parameters()), x, y, repeats))
     return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
@@ -105,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # measured alone, one network at a time, as a deployed network runs (three calls, the
     # median); interleaved figures are printed beside them (bursts of at least 20 ms, which
     # measure two small networks as alone: docs/design.md, *Measurement noise*)
-    alone = [_measure_together(device, [mobilenet], shape)[0].median_ms for _ in range(3)]
+    alone = [measure_together(device, [mobilenet], shape)[0].median_ms for _ in range(3)]
     budget_ms = statistics.median(alone)
     print(f"mobilenet_v2_cifar: {baseline['dense']['accuracy']:.2%}, {budget_ms:.4f} ms",
           flush=True)
@@ -130,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     # 3. both final networks, alone in alternating calls (the median of three) and once
     #    interleaved, on the same test images
     chosen = torch.load(search_out / "pruned.pt", weights_only=False).eval()
-    calls = [[_measure_together(device, [net], shape)[0] for net in (mobilenet, chosen)]
+    calls = [[measure_together(device, [net], shape)[0] for net in (mobilenet, chosen)]
              for _ in range(3)]
     measured = [sorted((c[k] for c in calls), key=lambda m: m.median_ms)[1] for k in range(2)]
-    interleaved = _measure_together(device, [mobilenet, chosen], shape)
+    interleaved = measure_together(device, [mobilenet, chosen], shape)
     from hwdnal.data import load_data
 
     data = load_data("fashion-mnist", None, None, args.train_subset, args.test_subset,
@@ -174,8 +170,8 @@ def recheck(args: argparse.Namespace) -> int:
                                 channel_step=1, dense_ms=None)
     rounds, verdicts = [], []
     for _ in range(args.recheck):  # interleaved (the search's way), then each alone
-        together = _measure_together(device, [mobilenet, chosen], shape)
-        alone = [_measure_together(device, [net], shape)[0] for net in (mobilenet, chosen)]
+        together = measure_together(device, [mobilenet, chosen], shape)
+        alone = [measure_together(device, [net], shape)[0] for net in (mobilenet, chosen)]
         rounds.append((together, alone))
         verdicts.append(final_latency(dense, chosen, as_searched))
     lines = ["", "## Measured again", "",

@@ -30,16 +30,14 @@ import torch.nn.functional as F
 
 from hwdnal.data import DataSpec, load_data, steps_per_epoch
 from hwdnal.models import create_model
-from hwdnal.train import StepValues, TrainSettings, train_epoch
+from hwdnal.train import StepValues, TrainSettings, make_optimizer, train_epoch
 
 PAD = 2
 
 
 def _optimizer(model: torch.nn.Module, steps: int) -> tuple[torch.optim.Optimizer,
                                                             torch.optim.lr_scheduler.LRScheduler]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
-                                weight_decay=5e-4)
-    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    return make_optimizer(model.parameters(), 0.1, 5e-4, steps)
 
 
 def reference_epoch(model: torch.nn.Module, data: DataSpec, optimizer: torch.optim.Optimizer,

@@ -42,8 +42,8 @@ def compile_run(
     from rich.console import Console
     from rich.table import Table
 
-    from hwdnal.cli.search_cmd import check_number
     from hwdnal.compile import compile_run as compile_library
+    from hwdnal.config import check_number
 
     check_number("--calibration-images", calibration_images, 1)
     check_number("--accuracy-images", accuracy_images, 0)

@@ -17,8 +17,8 @@ def profile(
     model: str = typer.Option(..., "--model", "-m", help="Model name (e.g. resnet18, resnet20)."),
     input_size: int = typer.Option(..., "--input-size", help="Input height and width, pixels."),
     out: Path | None = typer.Option(
-        None, "--out", help="LUT file [default: MODEL-TARGET-NxN.json in $HWDNAL_PROFILES_DIR, "
-        "else ~/.cache/hwdnal/profiles]."
+        None, "--out", help="LUT file (default: MODEL-TARGET-NxN.json in $HWDNAL_PROFILES_DIR, "
+        "else ~/.cache/hwdnal/profiles)."
     ),
     num_classes: int = typer.Option(1000, "--num-classes", help="Classes of the model's head."),
     in_channels: int = typer.Option(3, "--in-channels", help="Input image channels."),
@@ -54,7 +54,7 @@ def profile(
     from rich.table import Table
 
     from hwdnal.cli.plain_log import CountLines, PlainLog
-    from hwdnal.cli.search_cmd import check_number
+    from hwdnal.config import check_number
     from hwdnal.devices import open_measurer
     from hwdnal.errors import UserError
     from hwdnal.interrupt import GracefulStop, Interrupted

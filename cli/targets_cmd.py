@@ -45,6 +45,7 @@ def _probe(target) -> tuple[bool, str]:
         return target.usable()
     from hwdnal.devices import open_measurer
     from hwdnal.errors import UserError
+    from hwdnal.targets import device_name
 
     try:
         measurer = open_measurer(target)
@@ -54,8 +55,7 @@ def _probe(target) -> tuple[bool, str]:
         fp = measurer.fingerprint()
     finally:
         measurer.close()
-    device = fp.get("gpu_model") if fp.get("gpu_model") not in (None, "none") else fp.get(
-        "cpu_model")
+    device = device_name(fp)
     power = f", power mode {fp['power_mode']}" if "power_mode" in fp else ""
     return True, (f"agent {fp.get('agent_version')} on {fp.get('host')}: {device} "
                   f"({fp.get('arch')}), {fp.get('runtime')} {fp.get('runtime_version')}{power}")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hwdnal.gated import GatedModel
-from hwdnal.graph import _is_depthwise_conv
+from hwdnal.layers import is_depthwise_conv
 
 
 def params_and_macs(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
@@ -35,7 +35,7 @@ def predicted_params(gated: GatedModel) -> int:
             continue
         c_in, c_out = int(counts[name].in_channels), int(counts[name].out_channels)
         if isinstance(module, nn.modules.conv._ConvNd):
-            groups = c_in if _is_depthwise_conv(module) else module.groups
+            groups = c_in if is_depthwise_conv(module) else module.groups
             total += c_out * (c_in // groups) * int(torch.tensor(module.kernel_size).prod())
         else:
             total += c_out * c_in

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hwdnal.errors import UserError
+from hwdnal.errors import UserError, first_line
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "imagefolder", "synthetic")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -308,18 +308,13 @@ def _unreadable(path: str) -> str | None:
         with Image.open(path) as image:
             image.size  # noqa: B018 - the header is parsed
     except Exception as error:
-        return f"{type(error).__name__}: {_first_line(error)}"
+        return f"{type(error).__name__}: {first_line(error)}"
     return None
 
 
 def _bad_image_message(path: str, why: str) -> str:
     return (f"{path} cannot be read as an image ({why}): remove or replace it, or pass "
             "--skip-bad-images to leave unreadable files out")
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _say(line: str) -> None:
@@ -344,7 +339,7 @@ class _Images(torch.utils.data.Dataset):
         try:
             return self.folder[index]
         except Exception as error:  # e.g. a truncated file: its header read, its pixels not
-            return (path, f"{type(error).__name__}: {_first_line(error)}"), label
+            return (path, f"{type(error).__name__}: {first_line(error)}"), label
 
 
 def _collate(items: list[tuple[object, int]]) -> tuple[object, list[tuple[str, str]]]:

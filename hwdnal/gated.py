@@ -257,12 +257,14 @@ class GatedModel(nn.Module):
         step reads nothing back to the host, however many layers the network has.
         """
         values = self._gate_values(hard, values)
-        in_index, out_index = self._layer_indices(values.device)
+        in_index, out_index = self.layer_gate_indices(values.device)
         # index num_gates: a channel no gate removes (1); num_gates + 1: padding (0)
         extended = torch.cat([values, values.new_ones(1), values.new_zeros(1)])
         return list(self.plan.layers), extended[in_index].sum(1), extended[out_index].sum(1)
 
-    def _layer_indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_gate_indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per layer, the padded gate indices of its input and output channels: summing
+        gate values over them gives the layer's (soft) channel counts in one gather."""
         found = self._layer_index.get(device)
         if found is None:
             pad = self.plan.num_gates + 1

@@ -34,8 +34,7 @@ from torch_pruning.dependency import index_mapping as tp_index_mapping
 from torch_pruning.dependency.node import Node
 
 from hwdnal.errors import UserError
-
-_PARAMETRIC = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+from hwdnal.layers import PARAMETRIC, channel_count, is_depthwise_conv, is_grouped_conv
 
 
 @dataclass
@@ -102,30 +101,6 @@ class _UnionFind:
             self.parent[rb] = ra
 
 
-def _is_grouped_conv(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and module.groups > 1
-        and not (module.groups == module.in_channels == module.out_channels)
-    )
-
-
-def _is_depthwise_conv(module: nn.Module) -> bool:
-    return isinstance(module, nn.modules.conv._ConvNd) and (
-        module.groups == module.in_channels == module.out_channels and module.groups > 1
-    )
-
-
-def _channels(module: nn.Module, space: str) -> int:
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return module.in_channels if space == "in" else module.out_channels
-    if isinstance(module, nn.Linear):
-        return module.in_features if space == "in" else module.out_features
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features
-    raise TypeError(f"no channel count for {type(module).__name__}")
-
-
 def output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
     """Convolutions and linear layers whose outputs reach no other parametric layer.
 
@@ -142,7 +117,7 @@ def output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
             if id(nxt) in seen:
                 continue
             seen.add(id(nxt))
-            if isinstance(nxt.module, _PARAMETRIC):
+            if isinstance(nxt.module, PARAMETRIC):
                 feeds_layer = True
             else:
                 stack.extend(nxt.outputs)
@@ -382,14 +357,14 @@ def build_channel_plan(model: nn.Module, example_input: torch.Tensor) -> Channel
                 for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
                     where[(id(module), "x", int(idx))] = (g, int(root_idx))
                 continue
-            if not isinstance(module, _PARAMETRIC):
+            if not isinstance(module, PARAMETRIC):
                 if isinstance(module, nn.Module) and any(
                     True for _ in module.parameters(recurse=False)
                 ):
                     unsafe_groups.add(g)  # a parametric layer we cannot account for
                 continue
             spaces = ["out"] if graph.is_out_channel_pruning_fn(handler) else ["in"]
-            if _is_depthwise_conv(module):
+            if is_depthwise_conv(module):
                 spaces = ["in", "out"]
             for space in spaces:
                 for idx, root_idx in zip(item.idxs, item.root_idxs, strict=True):
@@ -412,10 +387,10 @@ def build_channel_plan(model: nn.Module, example_input: torch.Tensor) -> Channel
                 ties.union(owners[0], owner)
 
     for module in modules.values():
-        if not _is_grouped_conv(module):
+        if not is_grouped_conv(module):
             continue
         for space in ("in", "out"):
-            per_group = _channels(module, space) // module.groups
+            per_group = channel_count(module, space) // module.groups
             tie(id(module), space, [[p + k * per_group for k in range(module.groups)]
                                     for p in range(per_group)])
     for op, (groups, per_group) in found.shuffles.items():
@@ -473,7 +448,7 @@ def build_channel_plan(model: nn.Module, example_input: torch.Tensor) -> Channel
 
     def gate_index(module: nn.Module, space: str) -> torch.Tensor:
         index = []
-        for channel in range(_channels(module, space)):
+        for channel in range(channel_count(module, space)):
             owner = where.get((id(module), space, channel))
             index.append(gate_of.get(owner, num_gates) if owner is not None else num_gates)
         return torch.tensor(index, dtype=torch.long)
@@ -482,7 +457,7 @@ def build_channel_plan(model: nn.Module, example_input: torch.Tensor) -> Channel
     norms: dict[str, LayerChannels] = {}
     sites: dict[str, LayerChannels] = {}
     for name, module in modules.items():
-        if not isinstance(module, _PARAMETRIC):
+        if not isinstance(module, PARAMETRIC):
             continue
         channels = LayerChannels(
             name=name,

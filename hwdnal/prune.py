@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hwdnal.gated import GatedModel
-from hwdnal.graph import _is_depthwise_conv
+from hwdnal.layers import is_depthwise_conv
 from hwdnal.models.proxyless_supernet import mixed_layers
 
 
@@ -75,7 +75,7 @@ def _prune_conv(conv: nn.modules.conv._ConvNd, in_keep: torch.Tensor, out_keep: 
     if bool(in_keep.all()) and bool(out_keep.all()):
         return
     out_index = torch.nonzero(out_keep).flatten()
-    if _is_depthwise_conv(conv):
+    if is_depthwise_conv(conv):
         _replace(conv, "weight", _slice(conv.weight, 0, out_index))
         conv.groups = conv.in_channels = conv.out_channels = int(out_index.numel())
     else:

@@ -10,13 +10,14 @@ a report from inside another program never opens a window or changes its setting
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from hwdnal.atomic import atomic_write
+from hwdnal.results import LATENCY_ERROR_FLAG, is_number, latency_error
 from hwdnal.run import RunDir
+from hwdnal.targets import device_name
 
 REPORT_NAME = "report.md"
 PLOT_DIR = "report"
@@ -99,7 +100,7 @@ def latency_rows(result: dict[str, Any]) -> list[tuple[str, float, float]]:
     return [
         (str(layer["name"]), float(layer["dense_lut_ms"]), float(layer["pruned_lut_ms"]))
         for layer in result.get("layers") or []
-        if _number(layer.get("dense_lut_ms")) and _number(layer.get("pruned_lut_ms"))
+        if is_number(layer.get("dense_lut_ms")) and is_number(layer.get("pruned_lut_ms"))
     ]
 
 
@@ -237,7 +238,7 @@ def _plot_architecture(
             if min(ys) == max(ys):  # one point (or a constant δ): give the log axis a decade
                 axes.set_ylim(ys[0] / 10, ys[0] * 10)
         if key == "predicted_latency_ms":
-            if _number(budget_ms):
+            if is_number(budget_ms):
                 axes.axhline(float(budget_ms), color=_BUDGET, linestyle="--",
                              label=f"budget {float(budget_ms):.3g} ms")
             weights = _series(curve, "latency_weight")
@@ -259,7 +260,7 @@ def _plot_architecture(
 
 def _series(curve: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     points = [(float(e["step"]), float(e[key])) for e in curve
-              if _number(e.get(key)) and _number(e.get("step"))]
+              if is_number(e.get(key)) and is_number(e.get("step"))]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -293,12 +294,12 @@ def _markdown(
                       lambda v: f"{int(v):,}", _ratio))
     lines.append(_row("MACs", dense.get("macs"), pruned.get("macs"),
                       lambda v: f"{v / 1e6:,.2f} M", _ratio))
-    has_latency = _number(dense.get("latency_ms")) or _number(pruned.get("latency_ms"))
+    has_latency = is_number(dense.get("latency_ms")) or is_number(pruned.get("latency_ms"))
     if has_latency:
         lines.append(_row("latency, measured median (ms)", dense.get("latency_ms"),
                           pruned.get("latency_ms"), lambda v: f"{v:.3f}", _ratio))
-    if _number(pruned.get("predicted_latency_ms")):
-        error = _latency_error(pruned)
+    if is_number(pruned.get("predicted_latency_ms")):
+        error = latency_error(pruned)
         change = f"{100 * error:+.1f}% vs measured" if error is not None else ""
         lines.append(f"| latency, predicted (ms) | | {pruned['predicted_latency_ms']:.3f} | "
                      f"{change} |")
@@ -329,9 +330,9 @@ def _markdown(
                   f"δ = {_fmt(last.get('delta'))}, "
                   f"{_fmt(last.get('kept'))} channels kept, loss {_fmt(last.get('loss'))}"
                   + (f", predicted latency {_fmt(last.get('predicted_latency_ms'))} ms"
-                     if _number(last.get("predicted_latency_ms")) else "")
+                     if is_number(last.get("predicted_latency_ms")) else "")
                   + ".", ""]
-        if not _number(last.get("predicted_latency_ms")):
+        if not is_number(last.get("predicted_latency_ms")):
             lines += ["No predicted-latency curve: the architecture stage had no latency "
                       "term (no budget).", ""]
     lines += _plot_lines(plots, missing, "architecture", "architecture stage curves", run)
@@ -339,9 +340,9 @@ def _markdown(
 
 
 def _row(label: str, dense: Any, pruned: Any, fmt: Any, change: Any) -> str:
-    d = fmt(dense) if _number(dense) else "—"
-    p = fmt(pruned) if _number(pruned) else "—"
-    c = change(float(dense), float(pruned)) if _number(dense) and _number(pruned) else ""
+    d = fmt(dense) if is_number(dense) else "—"
+    p = fmt(pruned) if is_number(pruned) else "—"
+    c = change(float(dense), float(pruned)) if is_number(dense) and is_number(pruned) else ""
     return f"| {label} | {d} | {p} | {c} |"
 
 
@@ -350,11 +351,11 @@ def _ratio(dense: float, pruned: float) -> str:
 
 
 def _speedup(result: dict[str, Any]) -> float | None:
-    if _number(result.get("speedup")):
+    if is_number(result.get("speedup")):
         return float(result["speedup"])
     dense = result.get("dense", {}).get("latency_ms")
     pruned = result.get("pruned", {}).get("latency_ms")
-    if _number(dense) and _number(pruned) and pruned > 0:
+    if is_number(dense) and is_number(pruned) and pruned > 0:
         return float(dense) / float(pruned)
     return None
 
@@ -367,26 +368,12 @@ def _target_text(target: Any) -> str:
         f"{fp.get('runtime')} {fp.get('runtime_version')}" if fp.get("runtime") else None,
         fp.get("precision"), f"batch {fp['batch']}" if "batch" in fp else None,
         f"{fp['threads']} thread(s)" if "threads" in fp else None,
-        fp.get("gpu_model") if fp.get("gpu_model") not in (None, "none") else fp.get("cpu_model"),
+        device_name(fp),
         f"power mode {fp['power_mode']}" if fp.get("power_mode") else None,
         f"measured on {fp.get('host', '?')} through hwdnal-agent at {fp['remote']}"
         if fp.get("remote") else None,
     ) if x)
     return f"`{target.get('name', '?')}`" + (f" ({details})" if details else "")
-
-
-#: a pruned network's predicted latency this far off its measurement is flagged
-LATENCY_ERROR_FLAG = 0.10
-
-
-def _latency_error(pruned: dict[str, Any]) -> float | None:
-    """(predicted - measured) / measured of the pruned network, from result.json."""
-    if _number(pruned.get("latency_error")):
-        return float(pruned["latency_error"])
-    predicted, measured = pruned.get("predicted_latency_ms"), pruned.get("latency_ms")
-    if _number(predicted) and _number(measured) and measured > 0:
-        return (float(predicted) - float(measured)) / float(measured)
-    return None
 
 
 def _latency_warnings(result: dict[str, Any]) -> list[str]:
@@ -401,7 +388,7 @@ def _latency_warnings(result: dict[str, Any]) -> list[str]:
             f"{100 * float(check.get('error') or 0):+.0f}% off its measurement on this device; "
             f"it was {check['action']} before the search"
             + (f" (written to `{saved}`)." if saved else "."), ""]
-    error = _latency_error(result.get("pruned", {}))
+    error = latency_error(result.get("pruned", {}))
     if error is not None and abs(error) > LATENCY_ERROR_FLAG:
         lines += [
             f"> **Warning**: the LUT's predicted latency of the pruned network is "
@@ -412,19 +399,19 @@ def _latency_warnings(result: dict[str, Any]) -> list[str]:
 
 
 def _budget_text(budget: Any, pruned: dict[str, Any], drift: Any = None) -> str:
-    if not _number(budget):
+    if not is_number(budget):
         return "none (the search pruned by λa alone)"
     text = f"{float(budget):.3f} ms"
     measured = pruned.get("latency_ms")
-    if _number(measured):
+    if is_number(measured):
         verdict = "met" if measured <= budget else "**missed**"
         text += (f"; measured {float(measured):.3f} ms = {100 * measured / budget:.0f}% of it "
                  f"({verdict})")
         calls = pruned.get("latency_calls_ms")
-        if isinstance(calls, list) and len(calls) > 1 and all(_number(c) for c in calls):
+        if isinstance(calls, list) and len(calls) > 1 and all(is_number(c) for c in calls):
             text += (f", the median of {len(calls)} device calls "
                      f"({', '.join(f'{float(c):.3f}' for c in calls)} ms)")
-        if _number(drift) and abs(float(drift) - 1.0) >= 0.03:
+        if is_number(drift) and abs(float(drift) - 1.0) >= 0.03:
             at_start = float(measured) / float(drift)
             text += (f"; the device ran {100 * (float(drift) - 1):+.0f}% against the search's "
                      f"start (its dense network measured alongside), so at the start's speed "
@@ -505,24 +492,19 @@ def removed_blocks_text(result: dict[str, Any]) -> str:
 
 
 def _duration(seconds: Any) -> str:
-    if not _number(seconds):
+    if not is_number(seconds):
         return "—"
     seconds = float(seconds)
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _fmt(value: Any) -> str:
-    if not _number(value):
+    if not is_number(value):
         return "—"
     value = float(value)
     if value == int(value) and abs(value) < 1e6:
         return str(int(value))
     return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.3f}"
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
-        value)
 
 
 def _read_result(run: Path) -> dict[str, Any]:

@@ -30,154 +30,44 @@ from hwdnal import __version__
 from hwdnal.atomic import save_torch
 from hwdnal.blocks import removable_branches
 from hwdnal.budget import Budget, parse_budget
-from hwdnal.budgeting import (
-    LatencyConstraint,
-    TargetLatency,
-    final_latency,
-    fit_to_budget,
-    predicted_ms,
-    prepare_target_latency,
-)
+from hwdnal.budget.fit import predicted_ms
+from hwdnal.budget.measure import final_latency, fit_to_budget
+from hwdnal.budget.target import TargetLatency, prepare_target_latency
+from hwdnal.budget.term import LatencyConstraint
 from hwdnal.complexity import params_and_macs
+from hwdnal.config import SearchConfig
 from hwdnal.data import DataSpec, load_data, steps_per_epoch
 from hwdnal.devices import Measurer, open_measurer
 from hwdnal.distillation import Distillation
 from hwdnal.distributed import Cluster, revert_sync_batchnorm, to_sync_batchnorm
-from hwdnal.errors import UserError
+from hwdnal.errors import UserError, first_line
 from hwdnal.gate_optimizer import SharedMomentAdam
 from hwdnal.gated import GatedModel
-from hwdnal.gates import SOFT_FLOOR, DeltaSchedule, GateMode
+from hwdnal.gates import DeltaSchedule, GateMode
 from hwdnal.interrupt import GracefulStop, Interrupted
 from hwdnal.latency.alignment import align_keep_mask
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.loss_terms import GateLossTerm, SparsityTerm
 from hwdnal.models import create_model
 from hwdnal.models.proxyless_supernet import describe_blocks
+from hwdnal.observer import SearchObserver
 from hwdnal.prune import prune_physically
+from hwdnal.results import LATENCY_ERROR_FLAG
 from hwdnal.run import RunDir
 from hwdnal.targets import Target, load_target
 from hwdnal.train import (
     LossTerm,
     StepValues,
     TrainSettings,
+    amp_dtype,
     evaluate,
+    make_optimizer,
     recalibrate_batchnorm,
     train_epoch,
 )
 
 STAGES = ("weights", "architecture", "prune", "finetune")
 
-
-#: a pruned network's predicted latency this far off its measurement is flagged
-LATENCY_ERROR_FLAG = 0.10
-
-
-@dataclass
-class SearchConfig:
-    model: str = "resnet20"
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    input_size: int | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    #: leave out (and count) the image files of an imagefolder data set that cannot be read
-    skip_bad_images: bool = False
-    epochs_weights: int = 4
-    epochs_arch: int = 2
-    epochs_finetune: int = 3
-    batch_size: int = 128
-    lr: float = 0.1
-    finetune_lr: float = 0.02
-    weight_decay: float = 5e-4
-    #: the gate parameters' learning rate (None: with Adam, 3·gate_init over the stage's
-    #: steps, so that a gate pushed shut all along crosses 0 a third of the way in, however
-    #: long the stage; 0.2 with SGD)
-    arch_lr: float | None = None
-    #: "adam" moves each s by about the lr in the direction its loss terms agree on, so a
-    #: channel closes when the latency term outweighs what the cross-entropy says it is
-    #: worth, whatever the gradients' scale; "shared-adam" shares one second moment among
-    #: all gates (hwdnal/gate_optimizer.py), so that gates pushed harder move faster;
-    #: "sgd" (momentum 0.9) is the earlier recipe
-    arch_optimizer: str = "adam"
-    #: Adam's β1 for the gates: momentum carries closing gates on after the network is
-    #: under its budget
-    arch_momentum: float = 0.0
-    #: BatchNorm in the architecture stage: "running" (the dense network's statistics,
-    #: frozen: the loss sees how wide a group is) or "batch" (batch statistics, which
-    #: normalise a group's scale away)
-    arch_batchnorm: str = "running"
-    #: s at the start of the architecture stage (3: every gate open, sigmoid(3) = 0.95)
-    gate_init: float = 3.0
-    #: the least a soft gate passes on, so that a closed gate still gets a gradient
-    gate_floor: float = SOFT_FLOOR
-    #: the latency term's gradient: "secant" (a channel's average cost over the LUT's
-    #: range) or "local" (the LUT's slope where the counts are: flat at full width on CPUs)
-    latency_gradient: str = "secant"
-    lambda_a: float = 0.1
-    seed: int = 0
-    weights: str | None = None
-    #: read a --weights file that is a whole pickled module (it can run code from the file)
-    trust_weights_pickle: bool = False
-    channels_last: bool = True
-    device: str = "cpu"
-    target: str = "cpu"
-    #: the agent's URL when the target's device is elsewhere (overrides the target file's)
-    remote: str | None = None
-    budget: str | None = None
-    lut: str | None = None
-    force_lut: bool = False
-    #: a reused LUT whose dense prediction is off the device by more than this is corrected
-    lut_tolerance: float = 0.10
-    #: keep each group's channel count a multiple of this (None: the target's preference)
-    channel_step: int | None = None
-    #: the latency weight's dual-ascent step per unit of excess (None: 10 over the
-    #: stage's steps, so that the weight reaches the same size by the end however long
-    #: the stage; 20 overshot to 47% of the budget, 10 landed at 97%: docs/arch-stage.md)
-    latency_rate: float | None = None
-    #: how the latency term's weight follows the excess: "dual" (dual ascent at
-    #: ``latency_rate``) or "switch" (10 while over the budget, 0 under it)
-    latency_control: str = "switch"
-    #: what the switch judges: "mask" (the open gates' architecture) or "soft"
-    latency_switch_on: str = "mask"
-    compile: bool = True
-    #: mixed precision of the forward passes: "auto" (bf16 on a GPU that has it, else
-    #: off), "bf16" or "off"; the CPU trains in full precision unless "bf16" is asked for
-    amp: str = "auto"
-    #: compile the training graphs with torch.compile (slow to start, faster per step)
-    torch_compile: bool = False
-    #: under torchrun on GPUs: BatchNorm statistics over the global batch, not each rank's
-    sync_batchnorm: bool = False
-    #: finetuning learns from the dense network's softened logits with this share α
-    #: (0: from the labels alone)
-    distill: float = 0.0
-    distill_temperature: float = 4.0
-    #: a supernet's candidate blocks per searchable layer, kernel x expansion ("3x3,5x6");
-    #: None: the model's own (ProxylessNAS's k{3,5,7} x e{3,6})
-    candidates: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["trust_weights_pickle"]  # a permission for this invocation, not a setting
-        return data
-
-
-class SearchObserver:
-    """Receives progress; the CLI draws it, tests may record it. All methods optional."""
-
-    def stage_started(
-        self, stage: str, epochs: int, steps: int, first_epoch: int, first_step: int = 0
-    ) -> None: ...
-
-    def step(self, stage: str, done: int, values: dict[str, float]) -> None:
-        """``done`` steps of the epoch are finished; called a few times a second."""
-
-    def epoch_finished(self, stage: str, epoch: int, summary: dict[str, float]) -> None: ...
-
-    def stage_finished(self, stage: str, seconds: float) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-    def profiling(self, done: int, total: int, what: str) -> None: ...
 
 
 @dataclass
@@ -275,7 +165,7 @@ class DnalSearch:
         """Bad input fails here, before the run directory is touched."""
         config = self.config
         self.cluster.check_batch_size(config.batch_size)
-        self._amp = _amp_dtype(config.amp, self.device)
+        self._amp = amp_dtype(config.amp, self.device)
         if config.sync_batchnorm and not (self.cluster.active and self.device.startswith("cuda")):
             raise UserError("--sync-batchnorm needs torchrun with --device cuda (SyncBatchNorm "
                             "runs on GPUs only); leave it out")
@@ -492,11 +382,8 @@ class DnalSearch:
         steps = steps_per_epoch(self.data, config.batch_size)
         if config.sync_batchnorm:
             model = to_sync_batchnorm(model)
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-            weight_decay=config.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps)
+        optimizer, scheduler = make_optimizer(model.parameters(), lr, config.weight_decay,
+                                              epochs * steps)
         checkpoint = self._load_checkpoint(stage)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
@@ -862,19 +749,6 @@ class _RefreshClock:
         return True
 
 
-def _amp_dtype(amp: str, device: str) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` on ``device`` (None: full precision)."""
-    if amp not in ("auto", "bf16", "off"):
-        raise UserError(f"--amp {amp} is not known: use auto, bf16 or off")
-    if amp == "off" or (amp == "auto" and not device.startswith("cuda")):
-        return None
-    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        if amp == "bf16":
-            raise UserError(f"--amp bf16: {device} has no bfloat16 support; use --amp off")
-        return None
-    return torch.bfloat16
-
-
 def _cpu(value: float | torch.Tensor) -> float | torch.Tensor:
     return value.detach().cpu() if isinstance(value, torch.Tensor) else value
 
@@ -964,8 +838,8 @@ def _load_weights(model: nn.Module, path: str, trust_pickle: bool = False) -> No
             "trust the file"
         ) from None
     except Exception as error:
-        first = (str(error).strip().splitlines() or [""])[0]
-        raise UserError(f"--weights {path} is not a torch checkpoint ({first})") from None
+        raise UserError(f"--weights {path} is not a torch checkpoint ({first_line(error)})"
+                        ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), (dict, nn.Module)):
         loaded = loaded["model"]
     elif isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
@@ -975,10 +849,9 @@ def _load_weights(model: nn.Module, path: str, trust_pickle: bool = False) -> No
     try:
         model.load_state_dict(loaded)
     except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()[0]
         raise UserError(
-            f"--weights {path} does not fit this model ({first}); pass weights trained for "
-            "the same --model, dataset and input size"
+            f"--weights {path} does not fit this model ({first_line(error)}); pass weights "
+            "trained for the same --model, dataset and input size"
         ) from None
 
 

@@ -207,6 +207,12 @@ def _check_remote(url: str, where: str) -> None:
         )
 
 
+def device_name(fingerprint: dict[str, Any]) -> Any:
+    """The chip a fingerprint names: its GPU where it has one, else its CPU."""
+    gpu = fingerprint.get("gpu_model")
+    return gpu if gpu not in (None, "none") else fingerprint.get("cpu_model")
+
+
 def fingerprint_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
     """The informational keys (:data:`INFO_KEYS`) both report and that differ."""
     return [

@@ -7,7 +7,7 @@ lets the stage move δ and the caller draw progress, with no UI code here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -223,3 +223,26 @@ def recalibrate_batchnorm(model: nn.Module, data: DataSpec, batch_size: int = 12
 def _device_of(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def amp_dtype(amp: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for ``--amp`` on ``device`` (None: full precision)."""
+    if amp not in ("auto", "bf16", "off"):
+        raise UserError(f"--amp {amp} is not known: use auto, bf16 or off")
+    if amp == "off" or (amp == "auto" and not device.startswith("cuda")):
+        return None
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        if amp == "bf16":
+            raise UserError(f"--amp bf16: {device} has no bfloat16 support; use --amp off")
+        return None
+    return torch.bfloat16
+
+
+def make_optimizer(
+    parameters: Iterable[nn.Parameter], lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """The recipe for every plain training (weights, finetune, baselines): SGD with Nesterov
+    momentum 0.9 and weight decay, the lr annealed by a cosine to 0 over ``total_steps``."""
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total_steps)

@@ -21,6 +21,16 @@ def profiles_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The machine is shared: two spinning OpenMP threads on a busy 2-core box make a
+    ResNet-20 forward 100x slower, and nothing in the modules that use this needs more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def fashion_mnist_available() -> None:
     from hwdnal.data import DEBIAN_FASHION_MNIST

@@ -15,13 +15,10 @@ from budgets import reachable_budget
 from tiny_run import quick_target
 
 from hwdnal.budget import parse_budget
-from hwdnal.budgeting import (
-    LatencyConstraint,
-    TargetLatency,
-    fit_to_latency,
-    predicted_ms,
-    subnetwork,
-)
+from hwdnal.budget.fit import fit_to_latency, predicted_ms
+from hwdnal.budget.measure import subnetwork
+from hwdnal.budget.target import TargetLatency
+from hwdnal.budget.term import LatencyConstraint
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.models import create_model
@@ -229,7 +226,7 @@ def test_the_fit_keeps_a_round_only_when_every_call_is_within_the_budget(tmp_pat
     """A network's first call is fast, its later ones 50% slow: a round that one slow call
     puts over the budget is not kept, however fast its first; the fit aims lower until
     every call fits."""
-    from hwdnal.budgeting import MEASUREMENT_CALLS, fit_to_budget
+    from hwdnal.budget.measure import MEASUREMENT_CALLS, fit_to_budget
     from hwdnal.latency.cache import MeasurementCache
 
     gated, model, example, latency, device = _noisy_fit_setup([1.0, 1.5])
@@ -271,7 +268,7 @@ def test_a_round_over_the_budget_is_followed_by_a_smaller_network(share: float):
     below what was predicted for the network just measured, or it proposes that network
     again (seen on a CPU: three rounds of the same network at 0.142/0.141 ms, then an
     error)."""
-    from hwdnal.budgeting import fit_to_budget
+    from hwdnal.budget.measure import fit_to_budget
 
     gated, model, example, latency, _device = _noisy_fit_setup([1.0], channel_step=16,
                                                                 share=share)
@@ -283,7 +280,7 @@ def test_a_round_over_the_budget_is_followed_by_a_smaller_network(share: float):
 
 
 def test_the_final_measurement_is_the_median_of_its_calls():
-    from hwdnal.budgeting import final_latency
+    from hwdnal.budget.measure import final_latency
 
     gated, model, example, latency, _device = _noisy_fit_setup([1.0, 3.0, 1.1])
     pruned = subnetwork(model, gated.keep_mask(), example)
@@ -298,7 +295,7 @@ def test_the_final_measurement_is_the_median_of_its_calls():
 
 
 def test_a_fit_round_against_a_relative_budget_names_each_calls_budget():
-    from hwdnal.budgeting import FitRound
+    from hwdnal.budget.measure import FitRound
 
     round_ = FitRound(1, 0.14, 0.144, (0.142, 0.144, 0.145), (0.146, 0.147, 0.144))
     assert round_.describe() == ("fit round 1: predicted 0.144 ms, measured 0.142 / 0.144 / "

@@ -59,14 +59,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The machine is shared: two spinning OpenMP threads on a busy 2-core box make a
-    ResNet-20 forward 100x slower, and nothing here needs more than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -59,9 +59,8 @@ def test_distilled_finetuning_moves_the_student_towards_the_teacher(tmp_path: Pa
 
 
 def test_a_distillation_share_outside_0_to_1_is_refused(tmp_path: Path):
-    from hwdnal.cli.search_cmd import check_options
 
     with pytest.raises(UserError, match="--distill is a share between 0 and 1"):
-        check_options(SearchConfig(**TINY, distill=1.5))
+        SearchConfig(**TINY, distill=1.5).validate()
     with pytest.raises(UserError, match="--distill-temperature must be greater than 0"):
-        check_options(SearchConfig(**TINY, distill_temperature=0))
+        SearchConfig(**TINY, distill_temperature=0).validate()

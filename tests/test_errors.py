@@ -258,13 +258,12 @@ _SEARCH_OPTIONS = [
 @pytest.mark.parametrize(("name", "value", "flag", "words"), _SEARCH_OPTIONS,
                          ids=[case[0] for case in _SEARCH_OPTIONS])
 def test_search_option_out_of_range(name: str, value: float, flag: str, words: str):
-    from hwdnal.cli.search_cmd import check_options
     from hwdnal.errors import UserError
     from hwdnal.search import SearchConfig
 
-    check_options(SearchConfig())  # the defaults are fine
+    SearchConfig().validate()  # the defaults are fine
     with pytest.raises(UserError, match=f"^{flag} must be {words}, got ") as caught:
-        check_options(SearchConfig(**{name: value}))
+        SearchConfig(**{name: value}).validate()
     assert "\n" not in str(caught.value)
 
 

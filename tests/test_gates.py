@@ -89,7 +89,7 @@ def test_expected_channel_counts_are_differentiable_at_delta_1e4():
 def _closed_channel_gradient(floor: float) -> torch.Tensor:
     """The gradient the cross-entropy sends to the useful channel's gate once it is closed
     (s = -0.01 at δ = 1e4: sigmoid(-100) ≈ 4e-44), with the gate before the ReLU."""
-    from hwdnal.gates import SOFT_FLOOR
+    from hwdnal.gating import SOFT_FLOOR
 
     net = _useful_and_harmful_channel_net()
     labels = torch.tensor([0, 1, 0, 1])

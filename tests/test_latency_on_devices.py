@@ -23,7 +23,9 @@ from tiny_run import quick_target
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hwdnal.budgeting import LatencyConstraint, _gates_on_cpu, fit_to_latency, predicted_ms
+from hwdnal.budget.fit import fit_to_latency, predicted_ms
+from hwdnal.budget.measure import gates_on_cpu
+from hwdnal.budget.term import LatencyConstraint
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
 from hwdnal.latency.calibration import random_keep_mask
@@ -182,7 +184,7 @@ def test_fit_on_the_device_gives_the_fit_on_the_cpu(device: str, tmp_path) -> No
     on_cpu = fit_to_latency(gated, predictor, target, multiple=4, start=start)
     gated = gated.to(device)
     s_before = gated.gate.s.detach().clone()
-    twin = _gates_on_cpu(gated, model, torch.randn(1, 3, 16, 16))
+    twin = gates_on_cpu(gated, model, torch.randn(1, 3, 16, 16))
     assert twin.gate.s.device.type == "cpu"
     assert torch.equal(twin.gate.s, s_before.cpu()) and twin.gate.delta == gated.gate.delta
     assert torch.equal(fit_to_latency(twin, predictor, target, 4, start), on_cpu)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from latency_helpers import synthetic_lut
 
-from hwdnal.budgeting import _mask, _ranked, predicted_ms
+from hwdnal.budget.fit import mask_from_counts, predicted_ms, ranked_channels
 from hwdnal.errors import UserError
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
@@ -127,7 +127,7 @@ def test_batched_group_counts_predict_what_the_gated_model_predicts(name, shape,
     with torch.no_grad():
         gated.gate.s.copy_(torch.randn(gated.plan.num_gates))
     predictor = LatencyModel(lut)
-    ranked = _ranked(gated)
+    ranked = ranked_channels(gated)
     siblings = gated.sibling_groups()
     generator = torch.Generator().manual_seed(1)
     rows = []
@@ -142,7 +142,8 @@ def test_batched_group_counts_predict_what_the_gated_model_predicts(name, shape,
             row.append(count)
         rows.append(row)
     batched = GroupCountLatency(gated, predictor, ranked).predict(torch.tensor(rows))
-    one_by_one = [predicted_ms(gated, predictor, _mask(gated, ranked, row)) for row in rows]
+    one_by_one = [predicted_ms(gated, predictor, mask_from_counts(gated, ranked, row))
+                  for row in rows]
     assert batched.tolist() == pytest.approx(one_by_one, rel=1e-6)  # the gates are float32
     if gated.blocks:
         assert any(0 in row for row in rows), "the supernet case drops candidates"

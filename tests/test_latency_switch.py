@@ -9,7 +9,7 @@ import pytest
 import torch
 from latency_helpers import synthetic_lut
 
-from hwdnal.budgeting import LatencyConstraint
+from hwdnal.budget.term import LatencyConstraint
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
 from hwdnal.latency.predictor import LatencyModel

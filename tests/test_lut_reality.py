@@ -13,7 +13,8 @@ from hwdnal.devices import open_measurer
 from hwdnal.latency.lut import load_lut
 from hwdnal.latency.pipeline import check_reused_lut, profile_model, sibling_path
 from hwdnal.models import create_model
-from hwdnal.search import LATENCY_ERROR_FLAG, DnalSearch, SearchConfig, SearchObserver
+from hwdnal.results import LATENCY_ERROR_FLAG
+from hwdnal.search import DnalSearch, SearchConfig, SearchObserver
 from hwdnal.targets import load_target
 
 pytestmark = pytest.mark.latency  # every test here measures this CPU
@@ -175,7 +176,7 @@ def test_the_default_lut_prefers_the_correction_an_earlier_run_wrote_beside_it(
     import torch
 
     from hwdnal.budget import parse_budget
-    from hwdnal.budgeting import prepare_target_latency
+    from hwdnal.budget.target import prepare_target_latency
     from hwdnal.latency.pipeline import default_lut_path
 
     target, slow = slow_lut

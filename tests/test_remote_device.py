@@ -200,7 +200,8 @@ def test_a_fit_resumes_from_the_rounds_it_measured(tmp_path: Path, agent, monkey
     import torch
 
     from hwdnal.budget import parse_budget
-    from hwdnal.budgeting import fit_to_budget, prepare_target_latency
+    from hwdnal.budget.measure import fit_to_budget
+    from hwdnal.budget.target import prepare_target_latency
     from hwdnal.devices import open_measurer
     from hwdnal.gated import GatedModel
     from hwdnal.latency.cache import MeasurementCache

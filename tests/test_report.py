@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from tiny_run import copy_run, tiny_run
 
 from hwdnal.report import PLOTS, architecture_curve, channel_rows, latency_rows, write_report
@@ -19,13 +18,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared 2-core machine: one thread is faster under load
-    try:
-        return tiny_run(tmp_path_factory)
-    finally:
-        torch.set_num_threads(before)
+def run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None) -> Path:
+    return tiny_run(tmp_path_factory)
 
 
 def _assert_png(path: Path) -> None:

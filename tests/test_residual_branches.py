@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hwdnal.budgeting import minimal_counts
+from hwdnal.budget.fit import minimal_counts
 from hwdnal.complexity import params_and_macs, predicted_params
 from hwdnal.gated import GatedModel
 from hwdnal.gates import GateMode
@@ -96,7 +96,7 @@ def test_the_smallest_reachable_resnet_keeps_only_the_blocks_that_change_shape()
 def test_the_lut_costs_a_removed_block_nothing_before_and_after_pruning(tmp_path) -> None:
     from latency_helpers import synthetic_lut
 
-    from hwdnal.budgeting import predicted_ms
+    from hwdnal.budget.fit import predicted_ms
     from hwdnal.latency.predictor import LatencyModel
 
     dense = _resnet20()

@@ -200,7 +200,7 @@ def test_a_layer_without_residual_refuses_to_lose_every_candidate() -> None:
 
 
 def test_the_smallest_supernet_drops_every_candidate_it_may() -> None:
-    from hwdnal.budgeting import _mask, _ranked, minimal_counts
+    from hwdnal.budget.fit import mask_from_counts, minimal_counts, ranked_channels
 
     gated, x = _gated(_small_supernet())
     counts = minimal_counts(gated, 4)
@@ -209,7 +209,7 @@ def test_the_smallest_supernet_drops_every_candidate_it_may() -> None:
                         ("features.5", "k3e3"): 0, ("features.5", "k5e6"): 0,
                         ("features.6", "k3e3"): 4, ("features.6", "k5e6"): 0,
                         ("features.7", "k3e3"): 0, ("features.7", "k5e6"): 0}
-    gated.set_keep_mask(_mask(gated, _ranked(gated), counts))
+    gated.set_keep_mask(mask_from_counts(gated, ranked_channels(gated), counts))
     smallest = prune_physically(gated).eval()
     blocks = {b["layer"]: b for b in describe_blocks(smallest)}
     assert [b["removed"] for b in blocks.values()] == [True, True, False, True]

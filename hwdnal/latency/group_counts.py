@@ -1,6 +1,6 @@
 """Predicted latency of architectures given as kept channels per gate group, many at once.
 
-The fit to a budget (:func:`hwdnal.budgeting.fit_to_latency`) asks, at every move, what each
+The fit to a budget (:func:`hwdnal.budget.fit.fit_to_latency`) asks, at every move, what each
 group's next step would cost: hundreds of candidate architectures per move, hundreds of
 moves on a supernet. Building each keep mask and running the gated predictor on it took
 3 ms a candidate (a 21-layer ProxylessNAS supernet's fit spent 12 minutes there). Here a
@@ -36,8 +36,8 @@ class GroupCountLatency:
             gates = group.start + order.cpu()
             group_of[gates] = k
             rank_of[gates] = torch.arange(group.size)
-        rows = model._positions_in(tuple(plan.layers), cpu)  # LUT order -> gated layer
-        in_index, out_index = (side[rows] for side in gated._layer_indices(cpu))
+        rows = model.positions_in(tuple(plan.layers), cpu)  # LUT order -> gated layer
+        in_index, out_index = (side[rows] for side in gated.layer_gate_indices(cpu))
         groups = len(plan.groups)
         self._fixed_in, self._in_terms = _terms(in_index, num_gates, groups, group_of, rank_of)
         self._fixed_out, self._out_terms = _terms(out_index, num_gates, groups, group_of,

@@ -21,7 +21,7 @@ from torch import nn
 from hwdnal.errors import UserError
 from hwdnal.latency.grid import Grids, interpolate_grids, stack_grids
 from hwdnal.latency.lut import Lut
-from hwdnal.latency.signature import channels_of, is_depthwise
+from hwdnal.layers import channels_of, is_depthwise_conv
 
 Count = torch.Tensor | float | int
 
@@ -193,7 +193,7 @@ class LatencyModel:
         ``values`` (one per gate) replaces the gates' own, e.g. the raw binary gates.
         """
         names, cin, cout = gated.layer_channels(hard=hard, values=values)
-        rows = self._positions_in(tuple(names), cin.device)
+        rows = self.positions_in(tuple(names), cin.device)
         if gated.blocks:  # candidates or residual branches that vanish take their whole cost
             presence = gated.layer_presence(hard=hard, values=values)[rows]
             value = self.predict_present(cin[rows], cout[rows], presence)
@@ -201,7 +201,8 @@ class LatencyModel:
             value = self.predict_vectors(cin[rows], cout[rows])
         return value.to(dtype=gated.gate.s.dtype)
 
-    def _positions_in(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    def positions_in(self, names: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """For each LUT layer, its position among ``names`` (cached per order and device)."""
         key = (names, device)
         positions = self._positions.get(key)
         if positions is None:
@@ -233,7 +234,7 @@ class LatencyModel:
                     "profiled for another model"
                 )
             cin, cout = channels_of(found)
-            if is_depthwise(found):
+            if is_depthwise_conv(found):
                 cin = cout
             if cin > layer.in_channels or cout > layer.out_channels:
                 raise UserError(

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwdnal.layers import is_depthwise_conv
+
 _CONV_OPS = {1: "conv1d", 2: "conv2d", 3: "conv3d"}
 
 
@@ -105,21 +107,6 @@ class LayerInfo:
         return self.geometry.kind == "depthwise"
 
 
-def is_depthwise(module: nn.Module) -> bool:
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )
-
-
-def channels_of(module: nn.Module) -> tuple[int, int]:
-    """(in, out) channels of a conv or linear module as it is now (pruned or not)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return module.in_channels, module.out_channels
-
-
 def geometry_of(module: nn.Module, input_shape: tuple[int, ...]) -> LayerGeometry:
     """The geometry of a conv or linear module seen with an input of ``input_shape``."""
     if isinstance(module, nn.Linear):
@@ -131,7 +118,7 @@ def geometry_of(module: nn.Module, input_shape: tuple[int, ...]) -> LayerGeometr
     if not isinstance(module, nn.modules.conv._ConvNd) or module.transposed:
         raise TypeError(f"no latency geometry for {type(module).__name__}")
     dims = len(module.kernel_size)
-    if is_depthwise(module):
+    if is_depthwise_conv(module):
         kind, groups = "depthwise", 1
     elif module.groups > 1:
         kind, groups = "grouped", module.groups

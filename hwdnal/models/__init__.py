@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from hwdnal.errors import UserError
+from hwdnal.errors import UserError, first_line
 from hwdnal.models import (
     cifar_mobilenetv2,
     cifar_resnet,
@@ -95,7 +95,7 @@ def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     except Exception as error:
         raise UserError(
             f"--model {spec} failed to build the network ({type(error).__name__}: "
-            f"{_first_line(error)})"
+            f"{first_line(error)})"
         ) from error
     if not isinstance(model, nn.Module):
         raise UserError(
@@ -103,8 +103,3 @@ def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
             "factory must return the network"
         )
     return model
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else ""
