@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from recipe_ablation import RECIPES, append_row, finetuned_accuracy
 
     from hwdnal.data import load_data
-    from hwdnal.gated import GatedModel
+    from hwdnal.gating.model import GatedModel
     from hwdnal.models import create_model
     from hwdnal.targets import load_target
 

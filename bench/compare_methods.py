@@ -294,8 +294,8 @@ class Bench:
         """Per-step time of plain, gates-off and architecture-stage training, interleaved."""
         from gate_overhead import step_time
 
-        from hwdnal.gated import GatedModel
-        from hwdnal.gates import GateMode
+        from hwdnal.gating.gate import GateMode
+        from hwdnal.gating.model import GatedModel
 
         torch.manual_seed(0)
         x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
 from hwdnal.models import create_model
 
 

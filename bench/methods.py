@@ -19,9 +19,9 @@ from hwdnal.budget.measure import measure_together
 from hwdnal.data import DataSpec, steps_per_epoch
 from hwdnal.devices import Measurer
 from hwdnal.distillation import Distillation
-from hwdnal.gated import GatedModel
-from hwdnal.latency.alignment import aligned_count
-from hwdnal.prune import prune_physically
+from hwdnal.gating.alignment import aligned_count
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import subnetwork
 from hwdnal.train import TrainSettings, train_epoch
 
 
@@ -56,9 +56,7 @@ def train_plain(model: nn.Module, data: DataSpec, epochs: int, lr: float, batch_
 def sliced_like(model: nn.Module, example: torch.Tensor, keep: torch.Tensor) -> nn.Module:
     """``model`` (a fresh initialisation) cut to the architecture of the keep mask ``keep``:
     hwdnal's found architecture, ready to train from scratch as uniform width is."""
-    gated = GatedModel(copy.deepcopy(model).cpu(), example.cpu())
-    gated.set_keep_mask(keep.cpu())
-    return prune_physically(gated).eval()
+    return subnetwork(model, keep.cpu(), example)
 
 
 def uniform_width(model: nn.Module, example: torch.Tensor, fraction: float,

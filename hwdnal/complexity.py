@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
 from hwdnal.layers import is_depthwise_conv
 
 

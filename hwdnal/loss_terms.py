@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
 
 
 @dataclass

@@ -28,7 +28,6 @@ from torch import nn
 
 from hwdnal import __version__
 from hwdnal.atomic import save_torch
-from hwdnal.blocks import removable_branches
 from hwdnal.budget import Budget, parse_budget
 from hwdnal.budget.fit import predicted_ms
 from hwdnal.budget.measure import final_latency, fit_to_budget
@@ -42,16 +41,17 @@ from hwdnal.distillation import Distillation
 from hwdnal.distributed import Cluster, revert_sync_batchnorm, to_sync_batchnorm
 from hwdnal.errors import UserError, first_line
 from hwdnal.gate_optimizer import SharedMomentAdam
-from hwdnal.gated import GatedModel
-from hwdnal.gates import DeltaSchedule, GateMode
+from hwdnal.gating.alignment import align_keep_mask
+from hwdnal.gating.blocks import removable_branches
+from hwdnal.gating.gate import DeltaSchedule, GateMode
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.interrupt import GracefulStop, Interrupted
-from hwdnal.latency.alignment import align_keep_mask
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.loss_terms import GateLossTerm, SparsityTerm
 from hwdnal.models import create_model
 from hwdnal.models.proxyless_supernet import describe_blocks
 from hwdnal.observer import SearchObserver
-from hwdnal.prune import prune_physically
 from hwdnal.results import LATENCY_ERROR_FLAG
 from hwdnal.run import RunDir
 from hwdnal.targets import Target, load_target

@@ -9,7 +9,7 @@ import torch
 from hwdnal_agent.timing import Measurement
 from torch import nn
 
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.lut import Calibration, Lut
 from hwdnal.latency.profiler import build_entries, discover_layers, plan_grid, point_key

@@ -16,11 +16,11 @@ from tiny_run import quick_target
 
 from hwdnal.budget import parse_budget
 from hwdnal.budget.fit import fit_to_latency, predicted_ms
-from hwdnal.budget.measure import subnetwork
 from hwdnal.budget.target import TargetLatency
 from hwdnal.budget.term import LatencyConstraint
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import subnetwork
 from hwdnal.models import create_model
 from hwdnal.report import _budget_text
 from hwdnal.search import DnalSearch, SearchConfig, SearchObserver, _Progress

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from toy_models import ConcatGroupedNet, SharedConvNet, ShuffleNet
 
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
 from hwdnal.models import create_model
 
 

@@ -26,9 +26,9 @@ from hwdnal.compile import (
     compile_run,
 )
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.models import create_model
-from hwdnal.prune import prune_physically
 from hwdnal.targets import load_target
 
 PRUNED = [("resnet20", 32), ("vgg16_bn_cifar", 32), ("mobilenet_v2_cifar", 32), ("resnet18", 64)]

@@ -23,8 +23,8 @@ from budgets import reachable_budget
 
 from hwdnal.distributed import Cluster, PeerError
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
 from hwdnal.search import DnalSearch, SearchConfig
 
 BIN = Path(sys.executable).parent

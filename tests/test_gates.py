@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwdnal.gated import GatedModel
-from hwdnal.gates import DeltaSchedule, GateMode, ScaledSigmoidGate
+from hwdnal.gating.gate import DeltaSchedule, GateMode, ScaledSigmoidGate
+from hwdnal.gating.model import GatedModel
 
 
 def test_gate_modes():

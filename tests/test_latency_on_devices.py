@@ -26,13 +26,13 @@ from torch.utils._pytree import tree_leaves
 from hwdnal.budget.fit import fit_to_latency, predicted_ms
 from hwdnal.budget.measure import gates_on_cpu
 from hwdnal.budget.term import LatencyConstraint
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.latency.calibration import random_keep_mask
 from hwdnal.latency.grid import interpolate, interpolate_grids, stack_grids
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.models import create_model
-from hwdnal.prune import prune_physically
 from hwdnal.search import DnalSearch, SearchConfig
 
 NO_CUDA = "no CUDA GPU visible to torch on this machine (torch.cuda.is_available() is False)"

@@ -11,14 +11,14 @@ from latency_helpers import synthetic_lut
 
 from hwdnal.budget.fit import mask_from_counts, predicted_ms, ranked_channels
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
-from hwdnal.latency.alignment import align_keep_mask, aligned_count
+from hwdnal.gating.alignment import align_keep_mask, aligned_count
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.latency.calibration import fit_correction, random_keep_mask
 from hwdnal.latency.group_counts import GroupCountLatency
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.models import create_model
-from hwdnal.prune import prune_physically
 
 CASES = [("resnet20", (1, 3, 16, 16)), ("mobilenet_v2_cifar", (1, 3, 16, 16))]
 

@@ -10,8 +10,8 @@ import torch
 from latency_helpers import synthetic_lut
 
 from hwdnal.budget.term import LatencyConstraint
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.models import create_model
 

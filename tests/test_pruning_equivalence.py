@@ -9,10 +9,10 @@ from toy_models import ConcatGroupedNet, RotatedSplitNet, SharedConvNet, Shuffle
 
 from hwdnal.complexity import predicted_params
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.models import create_model
-from hwdnal.prune import prune_physically
 
 CASES = [
     ("resnet20", 32),

@@ -203,7 +203,7 @@ def test_a_fit_resumes_from_the_rounds_it_measured(tmp_path: Path, agent, monkey
     from hwdnal.budget.measure import fit_to_budget
     from hwdnal.budget.target import prepare_target_latency
     from hwdnal.devices import open_measurer
-    from hwdnal.gated import GatedModel
+    from hwdnal.gating.model import GatedModel
     from hwdnal.latency.cache import MeasurementCache
     from hwdnal.models import create_model
     from hwdnal.targets import load_target

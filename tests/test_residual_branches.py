@@ -11,10 +11,10 @@ from torch import nn
 
 from hwdnal.budget.fit import minimal_counts
 from hwdnal.complexity import params_and_macs, predicted_params
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.models import create_model
-from hwdnal.prune import prune_physically
 
 EXAMPLE = torch.randn(2, 1, 28, 28)
 REMOVABLE = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]

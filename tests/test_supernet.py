@@ -8,9 +8,10 @@ from conftest import calibrate_batchnorm
 
 from hwdnal.complexity import predicted_params
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
-from hwdnal.gates import GateMode
-from hwdnal.latency.alignment import align_keep_mask, aligned_group_counts
+from hwdnal.gating.alignment import align_keep_mask, aligned_group_counts
+from hwdnal.gating.gate import GateMode
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 from hwdnal.models import create_model
 from hwdnal.models.proxyless_supernet import (
     MixedLayer,
@@ -19,7 +20,6 @@ from hwdnal.models.proxyless_supernet import (
     mixed_layers,
     parse_candidates,
 )
-from hwdnal.prune import prune_physically
 
 
 def _small_supernet() -> ProxylessSupernet:

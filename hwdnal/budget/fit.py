@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from hwdnal.gated import GatedModel
-from hwdnal.latency.alignment import aligned_group_counts
+from hwdnal.gating.alignment import aligned_group_counts
+from hwdnal.gating.model import GatedModel
 from hwdnal.latency.group_counts import GroupCountLatency
 from hwdnal.latency.predictor import LatencyModel
 

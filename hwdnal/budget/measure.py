@@ -21,19 +21,12 @@ from hwdnal.budget.fit import (
 )
 from hwdnal.devices.measurer import Measurement, Measurer, target_settings
 from hwdnal.errors import UserError
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import subnetwork
 from hwdnal.latency.cache import MeasurementCache
-from hwdnal.prune import prune_physically
 
 if TYPE_CHECKING:
     from hwdnal.budget.target import TargetLatency
-
-
-def subnetwork(dense: nn.Module, keep: torch.Tensor, example: torch.Tensor) -> nn.Module:
-    """A physically pruned copy of ``dense`` keeping ``keep`` (the dense net is untouched)."""
-    gated = GatedModel(copy.deepcopy(dense).cpu(), example.cpu())
-    gated.set_keep_mask(keep)
-    return prune_physically(gated).eval()
 
 
 def reachable_latency(

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwdnal.blocks import removable_branches
 from hwdnal.budget.measure import reachable_latency
 from hwdnal.budget.spec import Budget
 from hwdnal.devices.measurer import Measurer
 from hwdnal.errors import UserError
+from hwdnal.gating.blocks import removable_branches
 from hwdnal.latency.pipeline import DEFAULT_TOLERANCE, RealityCheck
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.targets import Target

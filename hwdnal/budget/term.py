@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.loss_terms import GateLossTerm
 

@@ -18,23 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwdnal.gated import GatedModel
-from hwdnal.latency.alignment import aligned_count
-from hwdnal.prune import prune_physically
+from hwdnal.gating.alignment import aligned_count
+from hwdnal.gating.model import GatedModel
+from hwdnal.gating.prune import prune_physically
 
 
 def random_keep_mask(
     gated: GatedModel, generator: torch.Generator, multiple: int = 1, rho: float | None = None
 ) -> torch.Tensor:
     """A random architecture: one overall width ρ ~ U(0.25, 1), each group near ρ, each kept
-    count a multiple of ``multiple`` (see :mod:`hwdnal.latency.alignment`).
+    count a multiple of ``multiple`` (see :mod:`hwdnal.gating.alignment`).
 
     Independent widths per group would make every sample's total latency alike (a sum of
     many independent terms); a shared ρ spreads the samples from small to dense, which is
     what a fit of scale and offset needs and the range a search moves through.
 
     In a supernet each candidate block (and in a CNN each removable residual branch,
-    :mod:`hwdnal.blocks`) is also dropped whole with probability 1 - ρ (a
+    :mod:`hwdnal.gating.blocks`) is also dropped whole with probability 1 - ρ (a
     layer without a residual path keeping its first candidate if all were drawn), and the
     candidates' widths are drawn independently of ρ (log-uniform), so the calibration sees
     what a search makes: operations and layers gone, many narrow branches, and layer

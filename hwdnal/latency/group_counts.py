@@ -21,7 +21,7 @@ from hwdnal.latency.predictor import LatencyModel
 class GroupCountLatency:
     """``predict(counts)`` for ``[T, groups]`` kept counts, channels kept in ``ranked`` order.
 
-    ``gated`` is a :class:`hwdnal.gated.GatedModel`; ``ranked[k]`` orders group ``k``'s
+    ``gated`` is a :class:`hwdnal.gating.model.GatedModel`; ``ranked[k]`` orders group ``k``'s
     channels (positions within the group) from first kept to last.
     """
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from hwdnal.devices import as_measurer
 from hwdnal.devices.measurer import Measurement, Measurer, layer_settings, target_settings
-from hwdnal.gated import GatedModel
+from hwdnal.gating.model import GatedModel
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.calibration import error_summary, fit_correction, random_subnetworks
 from hwdnal.latency.folder import profiles_folder

@@ -2,7 +2,7 @@
 
     predicted = scale · Σ_layers LUT_layer(in, out) + memory · Σ_layers out · elements + offset
 
-For a :class:`hwdnal.gated.GatedModel` the channel counts are the gates' expected counts
+For a :class:`hwdnal.gating.model.GatedModel` the channel counts are the gates' expected counts
 (``layer_channels()``), which carry DNAL's straight-through gradient, so the latency term
 keeps a non-zero, correctly signed gradient on every gate parameter up to δ = 1e4 (the LUT
 tables are monotone, so more channels never predict less latency). ``scale``, ``memory`` and
@@ -303,7 +303,7 @@ def _present(in_channels: torch.Tensor, out_channels: torch.Tensor) -> torch.Ten
 
 
 def _inside_removed_block(name: str, modules: Mapping[str, nn.Module]) -> bool:
-    """'layer2.1.conv1' where 'layer2.1' became the identity (:mod:`hwdnal.blocks`)."""
+    """'layer2.1.conv1' where 'layer2.1' became the identity (:mod:`hwdnal.gating.blocks`)."""
     parts = name.split(".")
     return any(isinstance(modules.get(".".join(parts[:n])), nn.Identity)
                for n in range(1, len(parts)))

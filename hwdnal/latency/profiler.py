@@ -29,7 +29,7 @@ BATCH = 8  # points compiled and timed together
 def discover_layers(gated, example_input: torch.Tensor) -> dict[str, LayerInfo]:
     """Every conv/linear layer of a gated model with its geometry and channel range.
 
-    ``gated`` is a :class:`hwdnal.gated.GatedModel`; its channel plan tells which channels
+    ``gated`` is a :class:`hwdnal.gating.model.GatedModel`; its channel plan tells which channels
     no gate can remove (model inputs, logits), i.e. the smallest widths a layer can reach.
     """
     model = gated.model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hwdnal.blocks import RemovableBranch
+from hwdnal.gating.blocks import RemovableBranch
 
 
 class BasicBlock(nn.Module):

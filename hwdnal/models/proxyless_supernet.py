@@ -4,7 +4,8 @@ Every searchable layer holds M parallel candidate blocks — mobile inverted bot
 (MBConv) with kernel 3/5/7 and expansion 3/6 by default — whose outputs are summed; where the
 layer's input and output shapes match, the input is added too (the identity candidate, i.e.
 the residual path). DNAL's gates sit on every candidate's expanded channels
-(:class:`~hwdnal.gated.GatedModel` finds the blocks through :class:`MixedLayer`): a candidate
+(:class:`MixedLayer` is a :class:`~hwdnal.gating.blocks.CandidateLayer`, which is how the
+gating core finds the blocks without knowing this family): a candidate
 whose channels all end at 0 is an operation not chosen and is removed; a residual layer whose
 candidates all end at 0 is a layer removed (it becomes the identity). Candidates that survive
 together stay summed, as DNAL allows.
@@ -63,6 +64,10 @@ class MixedLayer(nn.Module):
         self.candidates = nn.ModuleDict({
             f"k{kernel}e{expansion}": MBConv(inp, out, stride, kernel, expansion)
             for kernel, expansion in candidates})
+
+    def candidate_ops(self) -> nn.ModuleDict:
+        """The candidates, for the gating core (:class:`hwdnal.gating.blocks.CandidateLayer`)."""
+        return self.candidates
 
     def keep_only(self, names: Sequence[str]) -> None:
         """Remove every candidate not in ``names`` (physical pruning of dropped blocks)."""

@@ -50,7 +50,7 @@ def align_keep_mask(gated, keep: torch.Tensor, multiple: int) -> torch.Tensor:
     """Per gate group, keep the ``aligned_group_counts`` channels with the highest gate
     scores.
 
-    ``gated`` is a :class:`hwdnal.gated.GatedModel`; ``keep`` its boolean keep mask. Channels
+    ``gated`` is a :class:`hwdnal.gating.model.GatedModel`; ``keep`` its boolean keep mask. Channels
     already kept win ties, so a mask that is aligned already is returned unchanged.
     """
     keep = keep.detach().cpu().bool().clone()

@@ -13,33 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hwdnal.blocks import removable_branches
-from hwdnal.gates import GateMode, ScaledSigmoidGate
-from hwdnal.graph import ChannelPlan, build_channel_plan
-from hwdnal.models.proxyless_supernet import mixed_layers
-
-
-@dataclass
-class CandidateBlock:
-    """A block that may lose all its channels and go whole: one candidate of a supernet
-    layer (its expanded channels), or a CNN's residual branch (its one internal group, see
-    :mod:`hwdnal.blocks`). Its group may end with no channel at all."""
-
-    layer: str
-    name: str
-    module: nn.Module  # everything that goes with it (its layers cost nothing once gone)
-    residual: bool
-    group: int  # index into plan.groups
-    #: the module whose output the block gate multiplies (the candidate itself, or the
-    #: branch's last module)
-    output: nn.Module | None = None
-    #: a residual branch: the qualified name of the block replaced by the identity when
-    #: its group closes (a supernet's candidate leaves its MixedLayer instead)
-    replaced: str | None = None
-
-    @property
-    def is_branch(self) -> bool:
-        return self.replaced is not None
+from hwdnal.gating.candidates import CandidateBlock, candidate_blocks
+from hwdnal.gating.gate import GateMode, ScaledSigmoidGate
+from hwdnal.gating.plan import ChannelPlan
+from hwdnal.gating.plan_builder import build_channel_plan
 
 
 @dataclass
@@ -69,7 +46,7 @@ class GatedModel(nn.Module):
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         #: gated and ungated output of each layer that also feeds a gated BatchNorm
         self._ungated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.blocks: list[CandidateBlock] = _candidate_blocks(model, self.plan)
+        self.blocks: list[CandidateBlock] = candidate_blocks(model, self.plan)
         #: per gate: its block (len(blocks) for gates outside every candidate)
         self.register_buffer("_block_of_gate", _block_of_gate(self.plan, self.blocks),
                              persistent=False)
@@ -303,65 +280,6 @@ class GatedModel(nn.Module):
         ]
 
 
-def _candidate_blocks(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
-    """The candidate blocks of a supernet's mixed layers whose expanded channels form a gate
-    group of their own (nothing outside the block shares them), then the residual branches
-    the model declares (:mod:`hwdnal.blocks`) with exactly one group of their own."""
-    return [*_supernet_candidates(model, plan), *_residual_branches(model, plan)]
-
-
-def _residual_branches(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
-    """A declared branch whose block holds exactly one internal group (every layer that
-    touches it inside the block): closing that group leaves the branch nothing to compute.
-    Blocks with none (nothing to gate) or several (a bottleneck) are not removable here."""
-    branches = removable_branches(model)
-    if not branches:
-        return []
-    modules = dict(model.named_modules())
-    coupled_layers = [*plan.layers.values(), *plan.norms.values()]
-    touching = [{id(lc.module) for lc in coupled_layers
-                 if _touches(lc.in_gate_index, g.start, g.stop - 1)
-                 or _touches(lc.out_gate_index, g.start, g.stop - 1)} for g in plan.groups]
-    blocks = []
-    for branch in branches:
-        block, output = modules.get(branch.block), modules.get(branch.output)
-        if block is None or output is None:
-            continue
-        inside = {id(m) for m in block.modules()}
-        internal = [k for k, members in enumerate(touching) if members and members <= inside]
-        if len(internal) == 1:
-            blocks.append(CandidateBlock(branch.block, "branch", block, True, internal[0],
-                                         output=output, replaced=branch.block))
-    return blocks
-
-
-def _supernet_candidates(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:
-    layer_of = {id(lc.module): lc for lc in plan.layers.values()}
-    starts = {group.start: k for k, group in enumerate(plan.groups)}
-    blocks = []
-    for layer_name, layer in mixed_layers(model).items():
-        for name, candidate in layer.candidates.items():
-            expanded = layer_of.get(id(candidate.expanded))
-            if expanded is None:
-                continue
-            gates = expanded.out_gate_index
-            k = starts.get(int(gates.min())) if gates.numel() else None
-            if k is None or plan.groups[k].size != gates.numel():
-                continue
-            inside = {id(m) for m in candidate.modules()}
-            low, high = int(gates.min()), int(gates.max())
-            coupled = [lc for lc in [*plan.layers.values(), *plan.norms.values()]
-                       if _touches(lc.in_gate_index, low, high)
-                       or _touches(lc.out_gate_index, low, high)]
-            if all(id(lc.module) in inside for lc in coupled):
-                blocks.append(CandidateBlock(layer_name, name, candidate, layer.residual, k))
-    return blocks
-
-
-def _touches(index: torch.Tensor, low: int, high: int) -> bool:
-    return bool(((index >= low) & (index <= high)).any())
-
-
 def _block_of_gate(plan: ChannelPlan, blocks: list[CandidateBlock]) -> torch.Tensor:
     index = torch.full((plan.num_gates,), len(blocks), dtype=torch.long)
     for k, block in enumerate(blocks):
@@ -387,4 +305,3 @@ def _padded(rows: list[torch.Tensor], pad: int) -> torch.Tensor:
 
 def _buffer_name(module_name: str) -> str:
     return "gate_index__" + module_name.replace(".", "__")
-

@@ -1,7 +1,7 @@
 """Physical pruning: remove every channel whose gate is 0, leaving a smaller plain network.
 
 The channel plan knows, for every input and output channel of every convolution, linear
-layer and BatchNorm, the gate that guards it (see :mod:`hwdnal.graph`, built from
+layer and BatchNorm, the gate that guards it (see :mod:`hwdnal.gating.plan_builder`, built from
 torch-pruning's dependency groups). Pruning therefore slices each of these layers' tensors
 by its own keep masks, directly: nothing else holds channels, and the forward code's
 concatenations, chunks, shuffles and additions adapt to the smaller tensors by themselves.
@@ -11,7 +11,7 @@ weight is the original's kept rows and kept per-group input positions.
 A supernet's candidate block whose expanded channels were all removed is then taken out of
 its layer (:meth:`~hwdnal.models.proxyless_supernet.MixedLayer.keep_only`); a residual layer
 left with no candidate is the identity. A CNN's residual block whose branch closed (its one
-internal group at 0 channels, :mod:`hwdnal.blocks`) is replaced by ``nn.Identity``.
+internal group at 0 channels, :mod:`hwdnal.gating.blocks`) is replaced by ``nn.Identity``.
 
 Slicing keeps each tensor's memory format: a dense model in ``torch.channels_last`` gives a
 pruned model in ``torch.channels_last``.
@@ -19,12 +19,14 @@ pruned model in ``torch.channels_last``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from hwdnal.gated import GatedModel
+from hwdnal.gating.blocks import candidate_layers
+from hwdnal.gating.model import GatedModel
 from hwdnal.layers import is_depthwise_conv
-from hwdnal.models.proxyless_supernet import mixed_layers
 
 
 def prune_physically(gated: GatedModel) -> nn.Module:
@@ -42,8 +44,8 @@ def prune_physically(gated: GatedModel) -> nn.Module:
                 _prune_linear(layer.module, in_keep, out_keep)
         for norm in plan.norms.values():
             _prune_batchnorm(norm.module, keep[norm.out_gate_index])
-    for layer in mixed_layers(model).values():
-        layer.keep_only([name for name, block in layer.candidates.items()
+    for layer in candidate_layers(model).values():
+        layer.keep_only([name for name, block in layer.candidate_ops().items()
                          if block.expanded.out_channels > 0])
     for name in removed:  # the model promised: with its branch at zero, the block is x -> x
         model.set_submodule(name, nn.Identity())
@@ -109,3 +111,10 @@ def _prune_batchnorm(norm: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) 
         if getattr(norm, name, None) is not None:
             _replace(norm, name, _slice(getattr(norm, name), 0, index))
     norm.num_features = int(index.numel())
+
+
+def subnetwork(dense: nn.Module, keep: torch.Tensor, example: torch.Tensor) -> nn.Module:
+    """A physically pruned copy of ``dense`` keeping ``keep`` (the dense net is untouched)."""
+    gated = GatedModel(copy.deepcopy(dense).cpu(), example.cpu())
+    gated.set_keep_mask(keep)
+    return prune_physically(gated).eval()

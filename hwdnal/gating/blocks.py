@@ -1,5 +1,8 @@
-"""Residual branches a search may remove whole: what a model family declares so that the
-gating core can trade depth for width without knowing the family.
+"""Blocks a search may remove whole: what a model family declares so that the gating core
+can trade depth for width without knowing the family.
+
+- a residual branch (:class:`RemovableBranch`, declared by ``removable_branches()``);
+- a supernet layer's candidates (:class:`CandidateLayer`: parallel blocks, summed).
 
 Channel pruning alone meets a floor on a CPU: every layer carries a fixed per-op cost, so a
 ResNet-20 with every group at one channel step still measures about a third of the dense
@@ -9,6 +12,7 @@ branch at zero computes exactly its input, it can be replaced by the identity.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -40,4 +44,24 @@ def removable_branches(model: nn.Module) -> list[RemovableBranch]:
     return []
 
 
-__all__ = ["HasRemovableBranches", "RemovableBranch", "removable_branches"]
+@runtime_checkable
+class CandidateLayer(Protocol):
+    """Parallel candidate blocks whose outputs are summed, plus the input where
+    ``residual``. Each candidate's ``expanded`` module holds the channels whose gates decide
+    whether it stays; a layer without a residual path must keep one candidate. A module
+    opts in by defining ``candidate_ops`` (a module that merely has candidates does not)."""
+
+    residual: bool
+
+    def candidate_ops(self) -> Mapping[str, nn.Module]: ...
+
+    def keep_only(self, names: Sequence[str]) -> None: ...
+
+
+def candidate_layers(model: nn.Module) -> dict[str, CandidateLayer]:
+    """The model's candidate layers by qualified name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, CandidateLayer)}
+
+
+__all__ = ["CandidateLayer", "HasRemovableBranches", "RemovableBranch", "candidate_layers",
+           "removable_branches"]
