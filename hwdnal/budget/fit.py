@@ -24,28 +24,20 @@ def minimal_counts(gated: GatedModel, multiple: int) -> list[int]:
     """The smallest architecture allowed: one step (or the whole group, if smaller) each;
     in a supernet no candidate at all in a residual layer, and one step of the first
     candidate in a layer without a residual path."""
-    siblings = gated.sibling_groups()
-    counts = []
-    for k, group in enumerate(gated.plan.groups):
-        one_step = min(max(multiple, 1), group.size)
-        if k in siblings:
-            counts.append(one_step if siblings[k] and siblings[k][0] == k else 0)
-        else:
-            counts.append(one_step)
+    groups = gated.plan.groups
+    counts = [0 if k in gated.rule.optional else min(max(multiple, 1), group.size)
+              for k, group in enumerate(groups)]
+    for layer in gated.rule.orphaned(lambda g: counts[g] > 0):
+        counts[layer[0]] = min(max(multiple, 1), groups[layer[0]].size)
     return counts
 
 
-def _lowest(index: int, counts: list[int], groups: list, siblings: dict[int, list[int]],
-            step: int) -> int:
-    """The fewest channels group ``index`` may keep given the others' counts: one step;
-    0 for a supernet's candidate block unless it is the last one alive in a layer without
-    a residual path."""
-    one_step = min(step, groups[index].size)
-    if index not in siblings:
-        return one_step
-    if siblings[index] and not any(counts[g] > 0 for g in siblings[index] if g != index):
-        return one_step
-    return 0
+def _lowest(index: int, counts: list[int], gated: GatedModel, step: int) -> int:
+    """The fewest channels group ``index`` may keep given the others' counts: one step, or
+    0 where the candidate rule lets it close."""
+    if gated.rule.may_close(index, lambda g: counts[g] > 0):
+        return 0
+    return min(step, gated.plan.groups[index].size)
 
 
 def predicted_ms(gated: GatedModel, model: LatencyModel, keep: torch.Tensor) -> float:
@@ -81,7 +73,6 @@ def fit_to_latency(
     scores = gated.gate.s.detach().cpu().clone()
     importance = torch.sigmoid(scores * 4).double()  # s ranks channels; squash so no single
     step = max(multiple, 1)                          # one dominates
-    siblings = gated.sibling_groups()
     groups = gated.plan.groups
     counts = aligned_group_counts(gated, group_counts(gated, start), step)
     ranked = ranked_channels(gated)
@@ -130,7 +121,7 @@ def fit_to_latency(
             chunk = max(step, step * (counts[index] // 4 // step)) if far else step
             new_count = counts[index] - chunk
             if new_count < min(step, groups[index].size):
-                new_count = _lowest(index, counts, groups, siblings, step)
+                new_count = _lowest(index, counts, gated, step)
             if new_count < counts[index]:
                 moves.append((index, new_count))
         chosen = best_move(moves, saved_per_worth_lost)

@@ -29,20 +29,19 @@ def aligned_group_counts(gated, counts: list[int], multiple: int) -> list[int]:
     (several nodes on the device) outweigh what its channels add. A layer without a residual
     path keeps its largest candidate at one step at least.
     """
-    siblings = gated.sibling_groups()
+    optional = gated.rule.optional
     out = []
     for k, (count, group) in enumerate(zip(counts, gated.plan.groups, strict=True)):
-        if k in siblings and multiple > 1 and group.size > multiple:
+        if k in optional and multiple > 1 and group.size > multiple:
             out.append(min(group.size, multiple * round(count / multiple)))
-        elif k in siblings and count == 0:
+        elif k in optional and count == 0:
             out.append(0)
         else:
             out.append(aligned_count(count, group.size, multiple))
-    for k, layer in siblings.items():
-        if layer and layer[0] == k and not any(out[g] for g in layer):
-            largest = max(layer, key=lambda g: counts[g])
-            out[largest] = aligned_count(max(counts[largest], 1), gated.plan.groups[largest].size,
-                                         multiple)
+    for layer in gated.rule.orphaned(lambda g: out[g] > 0):
+        largest = max(layer, key=lambda g: counts[g])
+        out[largest] = aligned_count(max(counts[largest], 1), gated.plan.groups[largest].size,
+                                     multiple)
     return out
 
 

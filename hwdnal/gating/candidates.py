@@ -5,6 +5,7 @@ family: both come through those small protocols."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,37 @@ class CandidateBlock:
     @property
     def is_branch(self) -> bool:
         return self.replaced is not None
+
+
+class CandidateRule:
+    """The one rule for blocks that may go whole: a block's group may close to 0 channels,
+    except that a layer without a residual path must keep one candidate alive. Each caller
+    still picks its own survivor (the most open gate, the first candidate, the largest)."""
+
+    def __init__(self, blocks: list[CandidateBlock]) -> None:
+        layers: dict[str, list[CandidateBlock]] = {}
+        for block in blocks:
+            layers.setdefault(block.layer, []).append(block)
+        #: the groups that may end with no channel at all
+        self.optional = {block.group for block in blocks}
+        #: per block's group: the groups of its layer's candidates when that layer has no
+        #: residual path (one of them must stay), else an empty list (they may all go)
+        self.siblings = {b.group: ([] if b.residual else [s.group for s in layers[b.layer]])
+                         for b in blocks}
+        self._needs_survivor = [[b.group for b in members] for members in layers.values()
+                                if not members[0].residual]
+
+    def may_close(self, group: int, alive: Callable[[int], bool]) -> bool:
+        """Whether ``group`` may keep 0 channels while ``alive`` says which groups keep some."""
+        if group not in self.optional:
+            return False
+        layer = self.siblings[group]
+        return not layer or any(alive(g) for g in layer if g != group)
+
+    def orphaned(self, alive: Callable[[int], bool]) -> list[list[int]]:
+        """The layers without a residual path none of whose candidates is ``alive`` (each
+        needs one back), as their candidates' groups in model order."""
+        return [layer for layer in self._needs_survivor if not any(alive(g) for g in layer)]
 
 
 def candidate_blocks(model: nn.Module, plan: ChannelPlan) -> list[CandidateBlock]:

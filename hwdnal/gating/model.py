@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hwdnal.gating.candidates import CandidateBlock, candidate_blocks
+from hwdnal.gating.candidates import CandidateBlock, CandidateRule, candidate_blocks
 from hwdnal.gating.gate import GateMode, ScaledSigmoidGate
 from hwdnal.gating.plan import ChannelPlan
 from hwdnal.gating.plan_builder import build_channel_plan
@@ -47,6 +47,8 @@ class GatedModel(nn.Module):
         #: gated and ungated output of each layer that also feeds a gated BatchNorm
         self._ungated: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.blocks: list[CandidateBlock] = candidate_blocks(model, self.plan)
+        #: which of the blocks' groups may close, and which layers must keep one
+        self.rule = CandidateRule(self.blocks)
         #: per gate: its block (len(blocks) for gates outside every candidate)
         self.register_buffer("_block_of_gate", _block_of_gate(self.plan, self.blocks),
                              persistent=False)
@@ -170,22 +172,18 @@ class GatedModel(nn.Module):
         """Which gates survive pruning: at least one per group, except a supernet's candidate
         blocks, which may lose all their channels as long as their layer survives it (a
         layer without a residual path keeps its most alive candidate)."""
-        optional = {block.group for block in self.blocks}
+        groups = self.plan.groups
         with torch.no_grad():
             keep = self.gate.binary().clone()
             s = self.gate.s
-            for k, group in enumerate(self.plan.groups):
+            for k, group in enumerate(groups):
                 part = keep[group.start : group.stop]
-                if k not in optional and not bool(part.any()):
+                if k not in self.rule.optional and not bool(part.any()):
                     part[int(torch.argmax(s[group.start : group.stop]))] = True
-            layers: dict[str, list[CandidateBlock]] = {}
-            for block in self.blocks:
-                layers.setdefault(block.layer, []).append(block)
-            for blocks in layers.values():
-                groups = [self.plan.groups[b.group] for b in blocks]
-                if blocks[0].residual or any(bool(keep[g.start : g.stop].any()) for g in groups):
-                    continue
-                best = max(groups, key=lambda g: float(s[g.start : g.stop].max()))
+            for layer in self.rule.orphaned(
+                    lambda g: bool(keep[groups[g].start : groups[g].stop].any())):
+                best = max((groups[g] for g in layer),
+                           key=lambda g: float(s[g.start : g.stop].max()))
                 keep[best.start + int(torch.argmax(s[best.start : best.stop]))] = True
         return keep
 
@@ -198,11 +196,7 @@ class GatedModel(nn.Module):
         """For each candidate block's group in a layer WITHOUT a residual path, the groups
         of the layer's candidates (one of them must keep channels); residual layers' blocks
         map to an empty list (they may all go)."""
-        layers: dict[str, list[CandidateBlock]] = {}
-        for block in self.blocks:
-            layers.setdefault(block.layer, []).append(block)
-        return {b.group: ([] if b.residual else [s.group for s in layers[b.layer]])
-                for b in self.blocks}
+        return self.rule.siblings
 
     def dropped_blocks(self) -> list[CandidateBlock]:
         """The candidate blocks the keep mask removes entirely."""

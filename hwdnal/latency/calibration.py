@@ -43,28 +43,26 @@ def random_keep_mask(
     keep = torch.zeros(gated.plan.num_gates, dtype=torch.bool)
     if rho is None:
         rho = 0.25 + 0.75 * float(torch.rand((), generator=generator))
-    siblings = gated.sibling_groups()
+    optional = gated.rule.optional
     branches = {block.group for block in gated.blocks if block.is_branch}
     dropped = set()
     for k, group in enumerate(gated.plan.groups):
         ratio = rho * (0.75 + 0.5 * float(torch.rand((), generator=generator)))
-        if k in siblings and k not in branches:  # a supernet candidate's width: log-uniform
+        if k in optional and k not in branches:  # a supernet candidate's width: log-uniform
             # from one step to all, independently: searched supernets keep many narrow
             # candidates, which a shared ρ never draws (a CNN's residual branch keeps ρ)
             narrowest = min(1.0, max(multiple, 1) / group.size)
             ratio = narrowest ** float(torch.rand((), generator=generator))
         kept = aligned_count(round(ratio * group.size), group.size, multiple)
         chosen = torch.randperm(group.size, generator=generator)[:kept]
-        if k in siblings and float(torch.rand((), generator=generator)) > rho:
+        if k in optional and float(torch.rand((), generator=generator)) > rho:
             dropped.add(k)
             continue
         keep[group.start + chosen] = True
-    for k in dropped:  # a layer without a residual path keeps one candidate
-        layer = siblings[k]
-        if layer and layer[0] == k and all(g in dropped for g in layer):
-            group = gated.plan.groups[k]
-            kept = aligned_count(round(rho * group.size), group.size, multiple)
-            keep[group.start : group.start + kept] = True
+    for layer in gated.rule.orphaned(lambda g: g not in dropped):  # keeps its first
+        group = gated.plan.groups[layer[0]]
+        kept = aligned_count(round(rho * group.size), group.size, multiple)
+        keep[group.start : group.start + kept] = True
     return keep
 
 
