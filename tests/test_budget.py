@@ -23,7 +23,7 @@ from hwdnal.gating.model import GatedModel
 from hwdnal.gating.prune import subnetwork
 from hwdnal.models import create_model
 from hwdnal.report import _budget_text
-from hwdnal.search import DnalSearch, SearchConfig, SearchObserver, _Progress
+from hwdnal.stages.compile import judge_budget
 from hwdnal.targets import load_target
 
 
@@ -153,23 +153,16 @@ def test_the_verdict_on_an_absolute_budget_names_the_devices_drift(tmp_path):
     assert relative.budget_against(12.0) == pytest.approx(2.4)
 
     messages: list[str] = []
-
-    class Messages(SearchObserver):
-        def message(self, text: str) -> None:
-            messages.append(text)
-
-    search = DnalSearch(SearchConfig(model="resnet20", data="synthetic"), tmp_path / "run",
-                        observer=Messages())
-    progress = _Progress(fit_rounds=[{"round": 1, "target_ms": 1.9, "predicted_ms": 1.9,
-                                      "measured_ms": 1.9, "budget_ms": 2.0}])
+    rounds = [{"round": 1, "target_ms": 1.9, "predicted_ms": 1.9, "measured_ms": 1.9,
+               "budget_ms": 2.0}]
     result: dict = {}
-    search._judge_budget(progress, latency, 12.0, 2.2, result)  # 2.2 ms at 1.2x: 1.83 ms
+    judge_budget(rounds, latency, 12.0, 2.2, result, messages.append)  # at 1.2x: 1.83 ms
     assert not result["budget_met"] and result["budget_met_at_start_speed"]
     assert result["budget_ms"] == 2.0 and result["device_drift"] == pytest.approx(1.2)
     assert "20% slower" in messages[-1] and "1.833 ms, within the budget" in messages[-1]
-    search._judge_budget(progress, latency, 10.0, 2.2, result)  # no drift: simply over
+    judge_budget(rounds, latency, 10.0, 2.2, result, messages.append)  # no drift: over
     assert not result["budget_met_at_start_speed"] and "noisy" in messages[-1]
-    search._judge_budget(progress, latency, 12.0, 1.9, result)
+    judge_budget(rounds, latency, 12.0, 1.9, result, messages.append)
     assert result["budget_met"] and len(messages) == 2, "a met budget adds no warning"
     assert "at the start's speed 1.833 ms" in _budget_text(2.0, {"latency_ms": 2.2}, 1.2)
 

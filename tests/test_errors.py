@@ -207,7 +207,7 @@ def test_weights_accepted_as_state_dicts_and_a_module_only_when_trusted(tmp_path
 
     from hwdnal.errors import UserError
     from hwdnal.models import create_model
-    from hwdnal.search import _load_weights
+    from hwdnal.stages.weights import load_weights
 
     torch.manual_seed(1)
     trained = create_model("resnet20", num_classes=10, in_channels=3)
@@ -217,14 +217,14 @@ def test_weights_accepted_as_state_dicts_and_a_module_only_when_trusted(tmp_path
         path = tmp_path / f"{name}.pt"
         torch.save(payload, path)
         model = create_model("resnet20", num_classes=10, in_channels=3)
-        _load_weights(model, str(path))
+        load_weights(model, str(path))
         assert torch.equal(model.conv1.weight, trained.conv1.weight), name
     whole = tmp_path / "module.pt"
     torch.save(trained, whole)
     with pytest.raises(UserError, match="trust-weights-pickle"):
-        _load_weights(create_model("resnet20"), str(whole))
+        load_weights(create_model("resnet20"), str(whole))
     model = create_model("resnet20", num_classes=10, in_channels=3)
-    _load_weights(model, str(whole), trust_pickle=True)
+    load_weights(model, str(whole), trust_pickle=True)
     assert torch.equal(model.conv1.weight, trained.conv1.weight)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,6 +33,7 @@ from hwdnal.latency.grid import interpolate, interpolate_grids, stack_grids
 from hwdnal.latency.predictor import LatencyModel
 from hwdnal.models import create_model
 from hwdnal.search import DnalSearch, SearchConfig
+from hwdnal.stages.prune import layer_table
 
 NO_CUDA = "no CUDA GPU visible to torch on this machine (torch.cuda.is_available() is False)"
 DEVICES = [
@@ -198,9 +198,8 @@ def test_layer_table_on_the_device(device: str, tmp_path) -> None:
     _, lut, gated = _setup("mobilenet_v2_cifar", (1, 3, 16, 16), tmp_path)
     predictor = LatencyModel(lut)
     gated.set_keep_mask(random_keep_mask(gated, torch.Generator().manual_seed(5), multiple=4))
-    engine = SimpleNamespace(latency=SimpleNamespace(latency_model=predictor))
-    on_cpu = DnalSearch._layer_table(engine, gated)
-    on_device = DnalSearch._layer_table(engine, gated.to(device))
+    on_cpu = layer_table(gated, predictor)
+    on_device = layer_table(gated.to(device), predictor)
     assert on_device == on_cpu
     assert any(row["pruned_out"] < row["dense_out"] for row in on_cpu)
     assert all(row["pruned_lut_ms"] <= row["dense_lut_ms"] + 1e-12 for row in on_cpu)
