@@ -210,9 +210,9 @@ def test_tensorrt_fp16_engine_is_built_checked_and_benched(tmp_path: Path):
 
 def test_tensorrt_int8_engine_is_built_from_the_qdq_onnx(run: Path, tmp_path: Path):
     _tensorrt_or_skip()
-    from hwdnal.compile import _run_data
+    from hwdnal.compile import run_data
 
-    data, why = _run_data(run)
+    data, why = run_data(run)
     assert data is not None, why
     model = torch.load(run / "pruned.pt", weights_only=False)
     artifact = compile_network(

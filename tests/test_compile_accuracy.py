@@ -14,7 +14,7 @@ import torch
 from tiny_run import copy_run, quick_target, tiny_run
 
 from hwdnal.accuracy import HeldOut
-from hwdnal.compile import _run_data, compile_network
+from hwdnal.compile import compile_network, run_data
 from hwdnal.data import batches
 from hwdnal.quantize import count_qdq_nodes
 
@@ -37,7 +37,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stripes well (the tiny search's one epoch leaves it near chance, where an accuracy
     comparison says little): 10 epochs of 256 images, about 1.5 s."""
     run = copy_run(tiny_run(tmp_path_factory), tmp_path_factory.mktemp("trained"))
-    data, why = _run_data(run)
+    data, why = run_data(run)
     assert data is not None, why
     model = torch.load(run / "pruned.pt", weights_only=False)
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
@@ -147,7 +147,7 @@ def test_a_deployed_file_below_the_allowed_accuracy_is_refused_and_kept_aside(
 
 
 def test_accuracy_in_a_batch_of_4_pads_the_last_batch(trained_run: Path, tmp_path: Path):
-    data, why = _run_data(trained_run)
+    data, why = run_data(trained_run)
     assert data is not None, why
     images, labels = next(iter(batches(data, "test", 10, shuffle=False)))
     target = quick_target(tmp_path)
