@@ -22,7 +22,6 @@ recipe (18 epochs, lr 0.1, SGD + cosine); top-1 on all 10 000 test images.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -65,11 +64,9 @@ def same_counts(gated, counts_from: torch.Tensor, scores: torch.Tensor) -> torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare-medium")
-    parser.add_argument("--ledger", type=Path, default=ROOT / "bench" / "results" / "medium")
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--seed", type=int, default=0)
+    from recipe_ablation import ledger_parser
+
+    parser = ledger_parser(__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, required=True)

@@ -68,10 +68,10 @@ import torch
 from ledger import Ledger, machine_line, mask_from_text, mask_to_text
 
 from hwdnal.atomic import save_torch
-from hwdnal.budget.measure import measure_together
+from hwdnal.budget.reach import measure_together
 from hwdnal.complexity import params_and_macs
 from hwdnal.data import load_data
-from hwdnal.devices import open_measurer
+from hwdnal.devices import open_measurer, usable_here
 from hwdnal.distillation import Distillation
 from hwdnal.errors import UserError
 from hwdnal.interrupt import Interrupted
@@ -292,30 +292,13 @@ class Bench:
 
     def gate_overhead(self, model_name: str) -> list[dict[str, Any]]:
         """Per-step time of plain, gates-off and architecture-stage training, interleaved."""
-        from gate_overhead import step_time
-
-        from hwdnal.gating.gate import GateMode
-        from hwdnal.gating.model import GatedModel
+        from gate_overhead import interleaved_steps, overhead_cases
 
         torch.manual_seed(0)
         x = torch.randn(128, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (128,))
         plain = create_model(model_name, 10, 1).to(memory_format=torch.channels_last)
-        off = GatedModel(copy.deepcopy(plain), x[:2])
-        soft = GatedModel(copy.deepcopy(plain), x[:2])
-        soft.set_mode(GateMode.SOFT)
-        soft.set_delta(100.0)
-        for p in soft.model.parameters():
-            p.requires_grad_(False)
-        cases = {"plain": (plain, list(plain.parameters())),
-                 "gates off": (off, list(off.model.parameters())),
-                 "architecture stage": (soft, [soft.gate.s])}
-        for net, params in cases.values():
-            step_time(net, params, x, y, 2)
-        samples: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(self.s.overhead_rounds):
-            for name, (net, params) in cases.items():
-                samples[name] += step_time(net, params, x, y, 2)
+        samples = interleaved_steps(overhead_cases(plain, x), x, y, self.s.overhead_rounds)
         base = statistics.median(samples["plain"])
         return [{"model": model_name, "case": name, "step_ms": 1000 * statistics.median(values),
                  "relative": statistics.median(values) / base, "steps": len(values)}
@@ -797,7 +780,7 @@ def collect(ledger: Ledger, settings: Settings, mode: str, target: Target) -> di
     wanted = all_units(settings)
     others = []
     for t in all_targets():
-        ok, why = t.usable()
+        ok, why = usable_here(t)
         if t.name != target.name:
             others.append({"target": t.name, "usable": ok, "why": why})
     return {
@@ -885,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         write_report(collect(ledger, full, args.mode, target), args.out, args.img_dir)
         return 0
-    usable, why = target.usable()
+    usable, why = usable_here(target)
     if not usable:
         print(f"target {target.name} cannot be measured here: {why}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,13 @@ class Table:
         self.models = list(dict.fromkeys(e["model"] for e in self.entries))
         self.fractions = sorted({e["fraction"] for e in self.entries}, reverse=True)
         self.methods = [m for m in LABELS if any(e["method"] == m for e in self.entries)]
+
+    def cells(self) -> Iterator[tuple[str, str, float]]:
+        """(model, method, budget) of every table row, in the report's order."""
+        for model in self.models:
+            for method in self.methods:
+                for fraction in self.fractions:
+                    yield model, method, fraction
 
     def runs(self, model: str, fraction: float, method: str) -> list[dict[str, Any]]:
         return [e for e in self.entries if e["model"] == model and e["fraction"] == fraction
@@ -475,17 +482,15 @@ def speedup_table(table: Table) -> list[str]:
         "reduction |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for model in table.models:
-        for method in table.methods:
-            for fraction in table.fractions:
-                lat = table.ratio(model, fraction, method)
-                macs = table.macs_ratio(model, fraction, method)
-                if not lat:
-                    continue
-                speed = statistics.fmean(1 / r for r in lat)
-                reduction = statistics.fmean(1 / m for m in macs)
-                lines.append(f"| {model} | {LABELS[method]} | {fraction:.0%} | {speed:.2f} | "
-                             f"{reduction:.2f} | {speed / reduction:.2f} |")
+    for model, method, fraction in table.cells():
+        lat = table.ratio(model, fraction, method)
+        macs = table.macs_ratio(model, fraction, method)
+        if not lat:
+            continue
+        speed = statistics.fmean(1 / r for r in lat)
+        reduction = statistics.fmean(1 / m for m in macs)
+        lines.append(f"| {model} | {LABELS[method]} | {fraction:.0%} | {speed:.2f} | "
+                     f"{reduction:.2f} | {speed / reduction:.2f} |")
     return [*lines, ""]
 
 
@@ -526,23 +531,21 @@ def cost_tables(table: Table) -> list[str]:
         "| model | method | budget | stages: epochs, seconds | total (s) | measurements |",
         "| --- | --- | ---: | --- | ---: | ---: |",
     ]
-    for model in table.models:
-        for method in table.methods:
-            for fraction in table.fractions:
-                runs = table.runs(model, fraction, method)
-                if not runs:
-                    continue
-                names = list(dict.fromkeys(st["name"] for e in runs for st in e["stages"]))
-                parts, total = [], 0.0
-                for name in names:
-                    found = [st for e in runs for st in e["stages"] if st["name"] == name]
-                    seconds = sum(st["seconds"] for st in found) / len(runs)
-                    epochs = sum(st["epochs"] for st in found) / len(runs)
-                    total += seconds
-                    parts.append(f"{name}: {epochs:g} ep, {seconds:.0f} s")
-                measurements = statistics.fmean(e["measurements"] for e in runs)
-                lines.append(f"| {model} | {LABELS[method]} | {fraction:.0%} | "
-                             f"{'; '.join(parts)} | {total:.0f} | {measurements:.1f} |")
+    for model, method, fraction in table.cells():
+        runs = table.runs(model, fraction, method)
+        if not runs:
+            continue
+        names = list(dict.fromkeys(st["name"] for e in runs for st in e["stages"]))
+        parts, total = [], 0.0
+        for name in names:
+            found = [st for e in runs for st in e["stages"] if st["name"] == name]
+            seconds = sum(st["seconds"] for st in found) / len(runs)
+            epochs = sum(st["epochs"] for st in found) / len(runs)
+            total += seconds
+            parts.append(f"{name}: {epochs:g} ep, {seconds:.0f} s")
+        measurements = statistics.fmean(e["measurements"] for e in runs)
+        lines.append(f"| {model} | {LABELS[method]} | {fraction:.0%} | "
+                     f"{'; '.join(parts)} | {total:.0f} | {measurements:.1f} |")
     shared = [e for e in r["entries"] if e.get("same_network_as")]
     for model, method, fraction, source in sorted({
             (e["model"], e["method"], e["fraction"], e["same_network_as"]) for e in shared}):

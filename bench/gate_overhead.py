@@ -42,6 +42,40 @@ def step_time(model: torch.nn.Module, params: list[torch.nn.Parameter], x: torch
     return times
 
 
+#: the three training steps a search takes, as the ledgers name them
+CASES = ("plain", "gates off", "architecture stage")
+
+
+def overhead_cases(plain: torch.nn.Module, example: torch.Tensor, names: tuple[str, ...] = CASES
+                   ) -> dict[str, tuple[torch.nn.Module, list[torch.nn.Parameter]]]:
+    """The plain network, the same with gates attached but off (the weight stage's cost of
+    a hook), and with soft gates and frozen weights (the architecture stage: only s learns):
+    each with the parameters its step updates."""
+    off = GatedModel(copy.deepcopy(plain), example[:2])
+    soft = GatedModel(copy.deepcopy(plain), example[:2])
+    soft.set_mode(GateMode.SOFT)
+    soft.set_delta(100.0)
+    for p in soft.model.parameters():
+        p.requires_grad_(False)
+    steps = [(plain, list(plain.parameters())), (off, list(off.model.parameters())),
+             (soft, [soft.gate.s])]
+    return dict(zip(names, steps, strict=True))
+
+
+def interleaved_steps(cases: dict[str, tuple[torch.nn.Module, list[torch.nn.Parameter]]],
+                      x: torch.Tensor, y: torch.Tensor, rounds: int, warmup: int = 2
+                      ) -> dict[str, list[float]]:
+    """Step times of every case, two steps each round by round, so that the machine's noise
+    hits all alike (after ``warmup`` steps each)."""
+    for model, params in cases.values():
+        step_time(model, params, x, y, warmup)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (model, params) in cases.items():
+            samples[name] += step_time(model, params, x, y, 2)
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
@@ -57,25 +91,11 @@ def main() -> None:
     x, y = torch.randn(*shape).contiguous(memory_format=torch.channels_last), torch.randint(
         0, 10, (args.batch_size,))
     plain = create_model(args.model, 10, args.in_channels).to(memory_format=torch.channels_last)
-    off = GatedModel(copy.deepcopy(plain), x[:2])
-    soft = GatedModel(copy.deepcopy(plain), x[:2])
-    soft.set_mode(GateMode.SOFT)
-    soft.set_delta(100.0)
-    for p in soft.model.parameters():
-        p.requires_grad_(False)
-    soft_frozen = soft  # the architecture stage: only s learns
-    cases = {
-        "plain network (weight and finetune stages)": (plain, list(plain.parameters())),
-        "gates attached, mode off": (off, list(off.model.parameters())),
-        "soft gates, weights frozen (architecture stage)": (soft_frozen, [soft.gate.s]),
-    }
+    cases = overhead_cases(plain, x, ("plain network (weight and finetune stages)",
+                                      "gates attached, mode off",
+                                      "soft gates, weights frozen (architecture stage)"))
     load_before = os.getloadavg()[0]
-    for model, params in cases.values():  # warm-up
-        step_time(model, params, x, y, 3)
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(args.rounds):
-        for name, (model, params) in cases.items():
-            samples[name] += step_time(model, params, x, y, 2)
+    samples = interleaved_steps(cases, x, y, args.rounds, warmup=3)
 
     load_after = os.getloadavg()[0]
     base = statistics.median(samples[next(iter(cases))])

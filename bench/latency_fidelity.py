@@ -38,6 +38,9 @@ def main() -> int:
     parser.add_argument("--out", default="docs/latency-fidelity.md")
     args = parser.parse_args()
 
+    from contextlib import closing
+
+    from hwdnal.devices import open_measurer
     from hwdnal.latency.pipeline import default_lut_path, input_shape_for, profile_model
     from hwdnal.models import create_model
     from hwdnal.targets import load_target
@@ -57,9 +60,9 @@ def main() -> int:
             if what == "whole networks":
                 marks.setdefault("grid_done", time.monotonic() - start)
 
-        with tempfile.TemporaryDirectory() as cache:
+        with tempfile.TemporaryDirectory() as cache, closing(open_measurer(target)) as device:
             result = profile_model(
-                target, model, name, int(size), channels,
+                device, model, name, int(size), channels,
                 out=(Path(args.lut_dir) / default_lut_path(name, target.name, shape).name
                      if args.lut_dir else default_lut_path(name, target.name, shape)),
                 calibrate=args.calibrate,
@@ -88,8 +91,9 @@ def main() -> int:
 
 def write_report(args, target, rows, details, load_before, load_after) -> None:
     from hwdnal.atomic import atomic_write
+    from hwdnal.devices import fingerprint_here
 
-    fp = target.fingerprint()
+    fp = fingerprint_here(target)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = [
         "# Latency fidelity: calibrated LUT prediction vs. measurement",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hwdnal.budget.measure import measure_together
+from hwdnal.budget.reach import measure_together
 from hwdnal.data import DataSpec, steps_per_epoch
 from hwdnal.devices import Measurer
 from hwdnal.distillation import Distillation

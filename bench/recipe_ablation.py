@@ -97,12 +97,19 @@ def markdown(rows: list[dict], source: Path) -> str:
             "that file).\n\n" + "\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ledger_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that reworks the medium ledger's networks: where its runs
+    and ledger are, which model and seed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "compare-medium")
     parser.add_argument("--ledger", type=Path, default=ROOT / "bench" / "results" / "medium")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ledger_parser(__doc__.splitlines()[0])
     parser.add_argument("--fractions", default="0.5,0.3")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--methods", default="hwdnal,l1")

@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hwdnal.budget.measure import MEASUREMENT_CALLS, final_latency, measure_together
+from hwdnal.budget.measure import MEASUREMENT_CALLS, final_latency
+from hwdnal.budget.reach import measure_together
 from hwdnal.budget.target import TargetLatency
 from hwdnal.complexity import params_and_macs
 from hwdnal.devices import open_measurer

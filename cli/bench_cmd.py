@@ -15,15 +15,19 @@ def bench(
     remote: str | None = remote_option(),
 ) -> None:
     """Measure the artifact with the target's warm-up and iterations: median and p90."""
+    from contextlib import closing
+
     from rich.console import Console
     from rich.table import Table
 
     from hwdnal.compile import artifact_input_shape, artifact_kind, bench_artifact
+    from hwdnal.devices import open_measurer
     from hwdnal.targets import load_target
 
     spec = load_target(target).with_remote(remote)
     kind = artifact_kind(artifact)
-    measurement = bench_artifact(artifact, spec)
+    with closing(open_measurer(spec)) as measurer:
+        measurement = bench_artifact(artifact, measurer)
     shape = artifact_input_shape(artifact)
     table = Table(title=f"hwdnal bench — {artifact.name} on {spec.name}")
     for column in ("artifact", "input shape", "median (ms)", "p90 (ms)", "runs"):

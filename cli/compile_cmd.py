@@ -39,21 +39,29 @@ def compile_run(
     and measure it on the device; write a manifest.
 
     Static-shape ONNX, checked by onnx and compared with PyTorch (--atol); manifest beside it."""
+    from contextlib import closing
+
     from rich.console import Console
     from rich.table import Table
 
     from hwdnal.compile import compile_run as compile_library
     from hwdnal.config import check_number
+    from hwdnal.devices import open_measurer
+    from hwdnal.run import RunDir
+    from hwdnal.targets import load_target
 
     check_number("--calibration-images", calibration_images, 1)
     check_number("--accuracy-images", accuracy_images, 0)
     check_number("--max-accuracy-drop", max_accuracy_drop, 0)
     check_number("--atol", atol, 0, inclusive=False)
-    artifact = compile_library(
-        run, target, int8=int8, calibration_images=calibration_images,
-        calibration_method=calibration_method, accuracy_images=accuracy_images,
-        max_accuracy_drop=max_accuracy_drop, atol=atol, remote=remote,
-    )
+    RunDir(run).read_result()  # a run that is not there is named before the device is opened
+    spec = load_target(target).with_remote(remote)
+    with closing(open_measurer(spec)) as measurer:
+        artifact = compile_library(
+            run, measurer, int8=int8, calibration_images=calibration_images,
+            calibration_method=calibration_method, accuracy_images=accuracy_images,
+            max_accuracy_drop=max_accuracy_drop, atol=atol,
+        )
     m = artifact.measurement
     table = Table(title=f"hwdnal compile — {run} for {artifact.target}", show_header=False)
     table.add_column("")

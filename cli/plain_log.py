@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TextIO
 
-from hwdnal.search import SearchObserver
+from hwdnal.observer import SearchObserver
 
 _MARKUP = re.compile(r"\[/?[a-z ]*\]")  # rich's [bold]…[/] in the library's messages
 

@@ -43,17 +43,10 @@ def profile(
 ) -> None:
     """Measure per-layer latency over a channel grid, calibrate on whole networks, write a LUT."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
     from rich.table import Table
 
     from hwdnal.cli.plain_log import CountLines, PlainLog
+    from hwdnal.cli.progress import progress_bars
     from hwdnal.config import check_number
     from hwdnal.devices import open_measurer
     from hwdnal.errors import UserError
@@ -89,11 +82,8 @@ def profile(
             check_target(existing, measurer, str(path))
 
     live = console.is_terminal  # in a pipe: a plain line at each tenth, nothing redrawn
-    bars = Progress(
-        TextColumn("[bold]{task.description:<15}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[what]}"),
-        console=console,
-    ) if live else nullcontext()
+    bars = progress_bars("[bold]{task.description:<15}", "{task.fields[what]}", console
+                         ) if live else nullcontext()
     with closing(measurer), GracefulStop() as stop, bars as bar:
         tasks: dict[str, int] = {}
         counters: dict[str, CountLines] = {}

@@ -18,8 +18,8 @@ from rich.progress import (
 from rich.table import Table
 
 from hwdnal.cli.plain_log import PlainSearchObserver
+from hwdnal.observer import SearchObserver
 from hwdnal.report import removed_blocks_text
-from hwdnal.search import SearchObserver
 
 console = Console(stderr=True)
 
@@ -35,18 +35,16 @@ def search_observer() -> RichSearchObserver | PlainSearchObserver:
     return RichSearchObserver() if live_display() else PlainSearchObserver()
 
 
+def progress_bars(label: str, detail: str, on: Console) -> Progress:
+    """hwdnal's live bars: a label, the bar, done/total, elapsed and remaining, a detail."""
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn(detail), console=on, transient=False)
+
+
 class RichSearchObserver(SearchObserver):
     def __init__(self) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.fields[stage]:<12}[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            console=console,
-            transient=False,
-        )
+        self.progress = progress_bars("[bold]{task.fields[stage]:<12}[/] {task.description}",
+                                      "{task.fields[metrics]}", console)
         self._task: Any = None
         self._stage = ""
         self._epochs = 0

@@ -41,9 +41,10 @@ def targets(
 
 def _probe(target) -> tuple[bool, str]:
     """Local targets: usable here? Remote ones: does the agent answer, and with what device?"""
+    from hwdnal.devices import open_measurer, usable_here
+
     if not target.remote:
-        return target.usable()
-    from hwdnal.devices import open_measurer
+        return usable_here(target)
     from hwdnal.errors import UserError
     from hwdnal.targets import device_name
 

@@ -14,10 +14,8 @@ import copy
 import io
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -63,47 +61,3 @@ def export_onnx(
 
 def save_onnx(data: bytes, path: str | Path) -> Path:
     return atomic_write(path, lambda handle: handle.write(data))
-
-
-@dataclass(frozen=True)
-class ExportCheck:
-    max_abs_diff: float
-    max_rel_diff: float
-    ok: bool
-
-
-def compare_with_torch(
-    module: nn.Module, onnx_data: bytes, input_shape: Sequence[int], atol: float = 1e-3,
-    seed: int = 0,
-) -> ExportCheck:
-    """Run the ONNX graph on ONNX Runtime's CPU provider and PyTorch on one random input."""
-    import onnxruntime as ort
-
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(*input_shape, generator=generator)
-    model = copy.deepcopy(module).cpu().float().eval()
-    with torch.no_grad():
-        expected = model(x).numpy()
-    session = ort.InferenceSession(onnx_data, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    if got.shape != expected.shape:
-        return ExportCheck(float("inf"), float("inf"), False)
-    diff = float(np.max(np.abs(got - expected))) if got.size else 0.0
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    return ExportCheck(diff, diff / max(scale, 1e-12), diff <= atol + 1e-3 * scale)
-
-
-def export_checked(
-    module: nn.Module, input_shape: Sequence[int], path: str | Path | None = None
-) -> tuple[bytes, ExportCheck]:
-    """Export, validate with onnx.checker, compare against PyTorch; raise if they disagree."""
-    data = export_onnx(module, input_shape, check=True)
-    result = compare_with_torch(module, data, input_shape)
-    if not result.ok:
-        raise UserError(
-            f"the ONNX export differs from PyTorch by {result.max_abs_diff:.3g} (max abs); "
-            "the model probably uses an operator the exporter mis-translates"
-        )
-    if path is not None:
-        save_onnx(data, path)
-    return data, result

@@ -10,12 +10,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hwdnal import __version__
 from hwdnal.atomic import save_torch, write_json
 from hwdnal.errors import UserError
+from hwdnal.results import Result
 
 RUN_FORMAT = 1
 #: configuration keys that may change between a run and its resumption
@@ -126,30 +128,37 @@ class RunDir:
                 "that stage from its start"
             ) from None
 
-    def write_result(self, result: dict[str, Any]) -> Path:
+    def write_result(self, result: Result) -> Path:
         return write_json(self.path / "result.json", result)
 
-    def read_result(self) -> dict[str, Any]:
+    def read_result(self) -> Result:
         """The finished run's result.json (what compile and report start from)."""
         path = self.path / "result.json"
         if not path.is_file():
             raise UserError(
                 f"{self.path} holds no finished run (no result.json): run `hwdnal search` first"
             )
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise UserError(f"{path} is unreadable ({error})") from None
-        if not isinstance(result, dict):
-            raise UserError(f"{path} is not a hwdnal result")
+        return self._read_json(path, fix="", what="a hwdnal result")  # type: ignore[return-value]
+
+    def update_result(self, change: Callable[[Result], None]) -> Result:
+        """Read result.json, let ``change`` modify it, write it back atomically."""
+        result = self.read_result()
+        change(result)
+        self.write_result(result)
         return result
 
+    def read_config(self) -> dict[str, Any]:
+        """config.json: what the search was asked to do."""
+        return self._read_json(self.path / "config.json", fix="", what="a hwdnal run config")
+
     @staticmethod
-    def _read_json(path: Path) -> dict[str, Any]:
+    def _read_json(path: Path, fix: str = ": use a new --out",
+                   what: str = "a hwdnal run file") -> dict[str, Any]:
+        """A JSON object from the run directory, or one line that says what is wrong."""
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise UserError(f"{path} is unreadable ({error}): use a new --out") from None
+            raise UserError(f"{path} is unreadable ({error}){fix}") from None
         if not isinstance(data, dict):
-            raise UserError(f"{path} is not a hwdnal run file: use a new --out")
+            raise UserError(f"{path} is not {what}{fix}")
         return data

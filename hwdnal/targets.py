@@ -8,7 +8,6 @@ never silently used for another.
 
 from __future__ import annotations
 
-import platform
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -19,7 +18,6 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from hwdnal import __version__
 from hwdnal.errors import UserError
 
 #: fingerprint keys that must agree between a LUT and the target it is used for
@@ -78,7 +76,8 @@ class Target:
         return replace(self, remote=url)
 
     def suits(self, arch: str, jetson: bool) -> tuple[bool, str]:
-        """Whether a device of this architecture (a Jetson or not) can run the target."""
+        """Whether a device of this architecture (a Jetson or not) can run the target (the
+        probing of a machine is :func:`hwdnal.devices.usable_here`'s)."""
         where = "the device" if self.remote else "this machine"
         if self.architectures and arch not in self.architectures:
             return False, (
@@ -88,23 +87,6 @@ class Target:
         if self.device == "jetson" and not jetson:
             return False, f"{where} is not a Jetson (no /etc/nv_tegra_release)"
         return True, ""
-
-    def usable(self) -> tuple[bool, str]:
-        """Whether this machine can measure the target, and if not why (remote targets are
-        asked through :func:`hwdnal.devices.open_measurer`)."""
-        from hwdnal_agent import runtimes
-        from hwdnal_agent.device_info import is_jetson
-
-        ok, why = self.suits(platform.machine().lower(), is_jetson())
-        return runtimes.check(self.runtime) if ok else (ok, why)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies measurements taken for this target on this machine (computed
-        without starting the runtime, so listing and checking LUTs stays cheap)."""
-        from hwdnal_agent.device_info import fingerprint
-
-        found = fingerprint(self.runtime, self.device, self.precision, self.threads, self.batch)
-        return {"target": self.name, **found, "hwdnal_version": __version__}
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hwdnal.budget.measure import reachable_latency
+from hwdnal.budget.reach import reachable_latency
 from hwdnal.devices import open_measurer
 from hwdnal.models import create_model
 from hwdnal.targets import load_target

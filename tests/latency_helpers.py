@@ -9,6 +9,7 @@ import torch
 from hwdnal_agent.timing import Measurement
 from torch import nn
 
+from hwdnal.devices import fingerprint_here
 from hwdnal.gating.model import GatedModel
 from hwdnal.latency.cache import MeasurementCache
 from hwdnal.latency.lut import Calibration, Lut
@@ -32,7 +33,7 @@ def synthetic_lut(
     gated = GatedModel(copy.deepcopy(model), example)
     layers = discover_layers(gated, example)
     entries = plan_grid(layers, step, points)
-    fingerprint = load_target("cpu").fingerprint()
+    fingerprint = fingerprint_here(load_target("cpu"))
     cache = MeasurementCache(folder / "cache.json", fingerprint)
     for entry in entries.values():
         for cin, cout in entry.points():

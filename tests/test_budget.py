@@ -22,7 +22,7 @@ from hwdnal.errors import UserError
 from hwdnal.gating.model import GatedModel
 from hwdnal.gating.prune import subnetwork
 from hwdnal.models import create_model
-from hwdnal.report import _budget_text
+from hwdnal.report.markdown import budget_text
 from hwdnal.stages.compile import judge_budget
 from hwdnal.targets import load_target
 
@@ -164,7 +164,7 @@ def test_the_verdict_on_an_absolute_budget_names_the_devices_drift(tmp_path):
     assert not result["budget_met_at_start_speed"] and "noisy" in messages[-1]
     judge_budget(rounds, latency, 12.0, 1.9, result, messages.append)
     assert result["budget_met"] and len(messages) == 2, "a met budget adds no warning"
-    assert "at the start's speed 1.833 ms" in _budget_text(2.0, {"latency_ms": 2.2}, 1.2)
+    assert "at the start's speed 1.833 ms" in budget_text(2.0, {"latency_ms": 2.2}, 1.2)
 
 
 class _NoisyDevice:
@@ -283,7 +283,7 @@ def test_the_final_measurement_is_the_median_of_its_calls():
     assert pruned_ms.median_ms == pytest.approx(1.1 * base), "one slow call is an outlier"
     assert dense_ms.median_ms == pytest.approx(latency.dense_ms)
     assert pruned_ms.samples == 180
-    assert "median of 3 device calls (1.000, 3.000, 1.100 ms)" in _budget_text(
+    assert "median of 3 device calls (1.000, 3.000, 1.100 ms)" in budget_text(
         2.0, {"latency_ms": 1.1, "latency_calls_ms": [1.0, 3.0, 1.1]})
 
 

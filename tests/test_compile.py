@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import calibrate_batchnorm
+from measurers import measurer_for
 from tiny_run import copy_run, quick_target, tiny_run
 from torch import nn
 
@@ -25,6 +26,7 @@ from hwdnal.compile import (
     compile_network,
     compile_run,
 )
+from hwdnal.devices import fingerprint_here, open_measurer, usable_here
 from hwdnal.errors import UserError
 from hwdnal.gating.model import GatedModel
 from hwdnal.gating.prune import prune_physically
@@ -70,7 +72,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("name", "size"), PRUNED, ids=[p[0] for p in PRUNED])
 def test_compiled_onnx_matches_pytorch_on_pruned_networks(name: str, size: int, tmp_path: Path):
     model = _pruned(name, size)
-    artifact = compile_network(model, (1, 3, size, size), quick_target(tmp_path), tmp_path / "out")
+    with measurer_for(quick_target(tmp_path)) as device:
+        artifact = compile_network(model, (1, 3, size, size), device, tmp_path / "out")
     assert artifact.onnx_max_abs_diff <= ONNX_ATOL
     # no labelled images given: nothing to measure accuracy on, and nothing refused
     assert artifact.accuracy is None and artifact.manifest["accuracy"] is None
@@ -97,22 +100,23 @@ def test_onnx_that_differs_from_pytorch_is_refused_and_nothing_written(tmp_path:
                 return x.mean(dim=(2, 3)) + 1e-3
             return x.mean(dim=(2, 3))
 
-    with pytest.raises(UserError, match=r"differs from PyTorch by .*limit 0.0001"):
-        compile_network(ExportsSomethingElse(), (1, 3, 8, 8), quick_target(tmp_path),
-                        tmp_path / "out")
+    with measurer_for(quick_target(tmp_path)) as device, \
+            pytest.raises(UserError, match=r"differs from PyTorch by .*limit 0.0001"):
+        compile_network(ExportsSomethingElse(), (1, 3, 8, 8), device, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_compile_run_writes_onnx_manifest_and_records_them(run: Path, tmp_path: Path):
     mine = copy_run(run, tmp_path)
     target_file = quick_target(tmp_path)
-    artifact = compile_run(mine, target_file)
+    with measurer_for(target_file) as device:
+        artifact = compile_run(mine, device)
     folder = mine / "compiled" / "cpu-quick"
     assert artifact.onnx_path == folder / "model.onnx" and artifact.engine_path is None
 
     manifest = json.loads((folder / "manifest.json").read_text())
     target = load_target(target_file)
-    assert manifest["target"] == {"name": "cpu-quick", "fingerprint": target.fingerprint()}
+    assert manifest["target"] == {"name": "cpu-quick", "fingerprint": fingerprint_here(target)}
     assert manifest["input_shape"] == [1, 3, 16, 16]
     assert manifest["precision"] == "fp32" and manifest["runtime"] == "onnxruntime"
     assert manifest["hwdnal"]
@@ -140,7 +144,8 @@ def test_compile_run_writes_onnx_manifest_and_records_them(run: Path, tmp_path: 
     assert result["artifacts"]["pruned_model"] == "pruned.pt"  # earlier entries kept
     assert result["compiled"]["cpu-quick"]["median_ms"] == latency["median_ms"]
     assert artifact_input_shape(folder / "model.onnx") == (1, 3, 16, 16)
-    assert bench_artifact(folder / "model.onnx", target).median_ms > 0
+    with measurer_for(target) as device:
+        assert bench_artifact(folder / "model.onnx", device).median_ms > 0
 
 
 def test_compile_and_bench_through_the_cli(run: Path, tmp_path: Path):
@@ -178,20 +183,21 @@ def test_bench_on_a_wrong_artifact_exits_2_with_one_line(
 
 def test_int8_without_calibration_images_and_unusable_targets_are_user_errors(tmp_path: Path):
     model = _pruned("resnet20", 16)
-    with pytest.raises(UserError, match=r"no calibration batches of shape \(1, 3, 16, 16\)"):
-        compile_network(model, (1, 3, 16, 16), "cpu", tmp_path, int8_calibration=[])
+    with measurer_for("cpu") as device, \
+            pytest.raises(UserError, match=r"no calibration batches of shape \(1, 3, 16, 16\)"):
+        compile_network(model, (1, 3, 16, 16), device, tmp_path, int8_calibration=[])
     assert not (tmp_path / "model.onnx").exists()
     for name in ("gpu", "jetson"):
-        ok, why = load_target(name).usable()
+        ok, why = usable_here(load_target(name))
         if ok:
             continue
         refusal = f"target .{name}. cannot be measured on this machine.*{re.escape(why)}"
-        with pytest.raises(UserError, match=refusal):
-            compile_network(model, (1, 3, 16, 16), name, tmp_path)
+        with pytest.raises(UserError, match=refusal):  # refused where the device is opened
+            open_measurer(load_target(name))
 
 
 def _tensorrt_or_skip() -> None:
-    ok, why = load_target("gpu").usable()
+    ok, why = usable_here(load_target("gpu"))
     if not ok:
         pytest.skip(f"TensorRT path needs the gpu target: {why}")
 
@@ -199,13 +205,15 @@ def _tensorrt_or_skip() -> None:
 def test_tensorrt_fp16_engine_is_built_checked_and_benched(tmp_path: Path):
     _tensorrt_or_skip()
     model = _pruned("resnet20", 32)
-    artifact = compile_network(model, (1, 3, 32, 32), "gpu", tmp_path)
+    with measurer_for("gpu") as device:
+        artifact = compile_network(model, (1, 3, 32, 32), device, tmp_path)
     assert artifact.engine_path is not None and artifact.engine_path.name == "model.engine"
     manifest = json.loads(artifact.manifest_path.read_text())
     assert manifest["precision"] == "fp16" and manifest["deployable"] == "model.engine"
     assert artifact.engine_max_abs_diff is not None and artifact.engine_max_abs_diff < 0.2
-    assert bench_artifact(artifact.engine_path, "gpu").median_ms > 0
-    assert bench_artifact(artifact.onnx_path, "gpu").median_ms > 0
+    with measurer_for("gpu") as device:
+        assert bench_artifact(artifact.engine_path, device).median_ms > 0
+        assert bench_artifact(artifact.onnx_path, device).median_ms > 0
 
 
 def test_tensorrt_int8_engine_is_built_from_the_qdq_onnx(run: Path, tmp_path: Path):
@@ -215,10 +223,11 @@ def test_tensorrt_int8_engine_is_built_from_the_qdq_onnx(run: Path, tmp_path: Pa
     data, why = run_data(run)
     assert data is not None, why
     model = torch.load(run / "pruned.pt", weights_only=False)
-    artifact = compile_network(
-        model, (1, 3, 16, 16), "gpu", tmp_path,
-        int8_calibration=calibration_batches(data, (1, 3, 16, 16), 64),
-    )
+    with measurer_for("gpu") as device:
+        artifact = compile_network(
+            model, (1, 3, 16, 16), device, tmp_path,
+            int8_calibration=calibration_batches(data, (1, 3, 16, 16), 64),
+        )
     assert artifact.precision == "int8" and artifact.engine_path is not None
     assert artifact.int8_onnx_path is not None and artifact.int8_onnx_path.is_file()
     assert artifact.fp32_measurement is not None and artifact.int8_speedup is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from measurers import measurer_for
 from tiny_run import copy_run, quick_target, tiny_run
 
 from hwdnal.accuracy import HeldOut
@@ -128,8 +129,8 @@ def test_a_deployed_file_below_the_allowed_accuracy_is_refused_and_kept_aside(
     folder = run / "compiled" / "cpu-quick"
     accepted = (folder / "manifest.json").read_bytes()
 
-    with pytest.raises(UserError) as refused:
-        compile_run(run, target, int8=True, calibration_images=64, max_accuracy_drop=-50)
+    with measurer_for(target) as device, pytest.raises(UserError) as refused:
+        compile_run(run, device, int8=True, calibration_images=64, max_accuracy_drop=-50)
     lines = [f"error: {refused.value}"]
     assert "\n" not in str(refused.value)
     rejected = folder / "rejected"
@@ -154,8 +155,9 @@ def test_accuracy_in_a_batch_of_4_pads_the_last_batch(trained_run: Path, tmp_pat
     target.write_text(target.read_text().replace('precision = "fp32"',
                                                  'precision = "fp32"\nbatch = 4'))
     model = torch.load(trained_run / "pruned.pt", weights_only=False)
-    artifact = compile_network(model, (4, 3, 16, 16), target, tmp_path / "out",
-                               held_out=HeldOut(images.numpy(), labels.numpy(), "ten images"))
+    with measurer_for(target) as device:
+        artifact = compile_network(model, (4, 3, 16, 16), device, tmp_path / "out",
+                                   held_out=HeldOut(images.numpy(), labels.numpy(), "ten images"))
     assert artifact.accuracy is not None
     assert artifact.accuracy.images == 10 and artifact.accuracy.agreement == 1.0
     with torch.no_grad():

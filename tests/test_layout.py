@@ -25,7 +25,7 @@ CHECKED = [LIBRARY, ROOT / "cli", ROOT / "bench"]
 MAX_LINES = 400
 MAX_SEARCH_LINES = 350
 #: files still over MAX_LINES (issue 23 splits them next)
-TOO_LONG_TODAY = {"hwdnal/data.py", "hwdnal/report.py", "hwdnal/latency/pipeline.py"}
+TOO_LONG_TODAY: set[str] = set()
 #: private names of other modules still used: (file, name)
 PRIVATE_TODAY: set[tuple[str, str]] = set()
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 from budgets import reachable_budget
+from measurers import measurer_for
 
 from hwdnal.devices import open_measurer
 from hwdnal.latency.lut import load_lut
-from hwdnal.latency.pipeline import check_reused_lut, profile_model, sibling_path
+from hwdnal.latency.pipeline import profile_model
+from hwdnal.latency.reality import check_reused_lut, sibling_path
 from hwdnal.models import create_model
 from hwdnal.results import LATENCY_ERROR_FLAG
 from hwdnal.search import DnalSearch, SearchConfig, SearchObserver
@@ -58,8 +60,9 @@ def slow_lut(tmp_path_factory) -> tuple[Path, Path]:
     target = folder / "cpu-reality.toml"
     target.write_text(TARGET)
     model = create_model("resnet20", num_classes=10, in_channels=3)
-    result = profile_model(str(target), model, "resnet20", SIZE, 3, out=folder / "true.json",
-                           cache_dir=folder / ".cache")
+    with measurer_for(target) as device:
+        result = profile_model(device, model, "resnet20", SIZE, 3, out=folder / "true.json",
+                               cache_dir=folder / ".cache")
     data = json.loads(result.path.read_text())
     for entry in data["entries"].values():
         for key in ("latency_ms", "measured_ms"):
@@ -163,8 +166,9 @@ def test_profile_again_measures_whole_networks_again_when_the_cache_is_off(slow_
             point["p90_ms"] *= 3.0
     cache.write_text(json.dumps(data))
     model = create_model("resnet20", num_classes=10, in_channels=3)
-    result = profile_model(str(target), model, "resnet20", SIZE, 3, out=folder / "again.json",
-                           cache_dir=folder / ".cache")
+    with measurer_for(target) as device:
+        result = profile_model(device, model, "resnet20", SIZE, 3, out=folder / "again.json",
+                               cache_dir=folder / ".cache")
     assert result.note and "measured again" in result.note
     assert result.networks_measured_now > 1
     true = load_lut(folder / "true.json").calibration.dense_measured_ms

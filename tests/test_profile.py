@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 
 import pytest
+from measurers import measurer_for
 from toy_models import ConcatGroupedNet
 
 from hwdnal.latency.lut import load_lut
@@ -39,18 +40,20 @@ def test_interrupted_profile_resumes_where_it_stopped(tmp_path) -> None:
         if done > 0:
             raise Interrupted
 
-    with pytest.raises(Interrupted):
-        profile_model(target, model, "toy", 16, out=out, cache_dir=cache,
+    with measurer_for(target) as device, pytest.raises(Interrupted):
+        profile_model(device, model, "toy", 16, out=out, cache_dir=cache,
                       progress=stop_after_first_batch)
     assert not out.exists()
     total, first_batch = seen[0][1], seen[-1][0]
     assert 0 < first_batch < total
 
-    resumed = profile_model(target, model, "toy", 16, out=out, cache_dir=cache)
+    with measurer_for(target) as device:
+        resumed = profile_model(device, model, "toy", 16, out=out, cache_dir=cache)
     assert resumed.grid_measured_now == total - first_batch
     assert resumed.networks_measured_now == 1 + 6 + 3  # dense, calibration, validation
 
-    again = profile_model(target, model, "toy", 16, out=out, cache_dir=cache)
+    with measurer_for(target) as device:
+        again = profile_model(device, model, "toy", 16, out=out, cache_dir=cache)
     assert again.grid_measured_now == 0 and again.networks_measured_now == 0
 
     lut = load_lut(out, target=target)

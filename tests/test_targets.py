@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hwdnal.devices import fingerprint_here, usable_here
 from hwdnal.errors import UserError
 from hwdnal.targets import INFO_KEYS, MATCH_KEYS, builtin_names, load_target
 
@@ -26,18 +27,18 @@ def test_unknown_target_lists_the_known_ones() -> None:
 
 
 def test_cpu_is_usable_here() -> None:
-    ok, why = load_target("cpu").usable()
+    ok, why = usable_here(load_target("cpu"))
     assert ok, why
 
 
 @pytest.mark.skipif(platform.machine().lower() in ("aarch64", "arm64"), reason="on ARM")
 def test_arm_target_says_wrong_architecture() -> None:
-    ok, why = load_target("arm-cpu").usable()
+    ok, why = usable_here(load_target("arm-cpu"))
     assert not ok and "architecture" in why
 
 
 def test_gpu_target_says_why_not() -> None:
-    ok, why = load_target("gpu").usable()
+    ok, why = usable_here(load_target("gpu"))
     if not ok:
         assert "GPU" in why or "tensorrt" in why
 
@@ -57,7 +58,7 @@ def test_user_target_file(tmp_path) -> None:
 
 
 def test_fingerprint_has_what_identifies_a_measurement() -> None:
-    fp = load_target("cpu").fingerprint()
+    fp = fingerprint_here(load_target("cpu"))
     jetson_only = {"power_mode"}  # nvpmodel's mode, reported on Jetsons alone
     identifying = set(MATCH_KEYS) - jetson_only
     always = {"hwdnal_version", "agent_version", "target", "host", "cpu_cores"}

@@ -7,44 +7,22 @@ import copy
 import hashlib
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from hwdnal.budget.fit import (
     fit_to_latency,
-    mask_from_counts,
-    minimal_counts,
     predicted_ms,
-    ranked_channels,
 )
-from hwdnal.devices.measurer import Measurement, Measurer, target_settings
+from hwdnal.budget.reach import measure_together
+from hwdnal.budget.target import TargetLatency
+from hwdnal.devices.measurer import Measurement
 from hwdnal.errors import UserError
 from hwdnal.gating.model import GatedModel
 from hwdnal.gating.prune import subnetwork
 from hwdnal.latency.cache import MeasurementCache
-
-if TYPE_CHECKING:
-    from hwdnal.budget.target import TargetLatency
-
-
-def reachable_latency(
-    measurer: Measurer, model: nn.Module, example: torch.Tensor, channel_step: int
-) -> tuple[float, float]:
-    """The dense network's and the smallest reachable network's measured medians (ms),
-    interleaved in one call: how much of a small network's time is per-op overhead depends
-    on the device, so which fractional budgets can be met is known only by measuring."""
-    model = copy.deepcopy(model).cpu().eval()
-    example = example.cpu()
-    gated = GatedModel(copy.deepcopy(model), example)
-    counts = minimal_counts(gated, channel_step)
-    smallest = subnetwork(model, mask_from_counts(gated, ranked_channels(gated), counts), example)
-    input_shape = (measurer.target.batch, *example.shape[1:])
-    dense_measured, smallest_measured = measure_together(measurer, [model, smallest],
-                                                          input_shape)
-    return dense_measured.median_ms, smallest_measured.median_ms
-
 
 #: separate device calls behind every judged latency: the fit keeps a round only when each
 #: of them is within the budget, the verdict takes their median. On a shared CPU one call's
@@ -216,14 +194,3 @@ def _median_of_calls(calls: list[Measurement]) -> Measurement:
     return Measurement(median_ms=statistics.median(c.median_ms for c in calls),
                        p90_ms=statistics.median(c.p90_ms for c in calls),
                        samples=sum(c.samples for c in calls))
-
-
-def measure_together(
-    measurer: Measurer, networks: list[nn.Module], input_shape: tuple[int, ...]
-) -> list[Measurement]:
-    """Interleaved measurement after a discarded warm-up pass (cold caches, thread pools
-    and clock ramps inflate whatever is measured first in a process)."""
-    return measurer.measure(
-        [(copy.deepcopy(net).cpu().eval(), input_shape) for net in networks],
-        target_settings(measurer.target, pre_seconds=0.2),
-    )

@@ -12,13 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwdnal.budget.measure import reachable_latency
+from hwdnal.budget.reach import reachable_latency
 from hwdnal.budget.spec import Budget
+from hwdnal.devices import fingerprint_here
 from hwdnal.devices.measurer import Measurer
 from hwdnal.errors import UserError
 from hwdnal.gating.blocks import removable_branches
-from hwdnal.latency.pipeline import DEFAULT_TOLERANCE, RealityCheck
 from hwdnal.latency.predictor import LatencyModel
+from hwdnal.latency.reality import DEFAULT_TOLERANCE, RealityCheck
 from hwdnal.targets import Target
 
 
@@ -46,7 +47,9 @@ class TargetLatency:
         return self.measurer
 
     def fingerprint(self) -> dict[str, Any]:
-        return (self.measurer or self.target).fingerprint()
+        if self.measurer is not None:
+            return self.measurer.fingerprint()
+        return fingerprint_here(self.target)
 
     def budget_against(self, dense_ms: float) -> float:
         """The budget in ms given a dense latency measured alongside: a relative budget is a
@@ -106,13 +109,8 @@ def prepare_target_latency(
     ``note`` receives the one line that says which.
     """
     from hwdnal.latency.lut import Calibration, Lut, load_lut
-    from hwdnal.latency.pipeline import (
-        check_reused_lut,
-        default_lut_path,
-        input_shape_for,
-        profile_model,
-        sibling_path,
-    )
+    from hwdnal.latency.pipeline import default_lut_path, input_shape_for, profile_model
+    from hwdnal.latency.reality import check_reused_lut, sibling_path
 
     input_shape = input_shape_for(target.batch, example.shape[1], tuple(example.shape[2:]))
     step = target.profile.preferred_channel_step if channel_step is None else channel_step

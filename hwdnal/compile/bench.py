@@ -8,10 +8,9 @@ from typing import Any
 
 from hwdnal.compile.artifact import ENGINE_SUFFIXES, MANIFEST_NAME
 from hwdnal.compile.onnx_check import load_onnx, onnx_input_shape
-from hwdnal.devices import Deployable, Measurement, Measurer, open_measurer
+from hwdnal.devices import Deployable, Measurement, Measurer
 from hwdnal.devices.measurer import target_settings
 from hwdnal.errors import UserError
-from hwdnal.targets import Target, load_target
 
 
 def artifact_kind(path: str | Path) -> str:
@@ -39,17 +38,10 @@ def artifact_input_shape(path: str | Path) -> tuple[int, ...] | None:
     return None
 
 
-def bench_artifact(
-    path: str | Path, target: Measurer | Target | str | Path, remote: str | None = None
-) -> Measurement:
-    """Time an ONNX file or a TensorRT engine on ``target``'s device with its settings."""
-    if not isinstance(target, (str, Path, Target)):
-        measurer, owned = target, False
-    else:
-        spec = load_target(target) if isinstance(target, (str, Path)) else target
-        measurer, owned = None, True
-        spec = spec.with_remote(remote)
-    spec = measurer.target if measurer is not None else spec
+def bench_artifact(path: str | Path, measurer: Measurer) -> Measurement:
+    """Time an ONNX file or a TensorRT engine on ``measurer``'s device with its target's
+    settings."""
+    spec = measurer.target
     path = Path(path)
     kind = artifact_kind(path)
     if kind == "engine" and spec.runtime != "tensorrt":
@@ -58,13 +50,8 @@ def bench_artifact(
             f"{spec.runtime}: bench the .onnx file beside it, or use a TensorRT target"
         )
     shape = artifact_input_shape(path)  # None: an engine knows its own
-    measurer = measurer or open_measurer(spec)
-    try:
-        if kind == "engine":
-            network: Any = Deployable(path.read_bytes(), "engine", shape or ())
-        else:
-            network = path.read_bytes()
-        return measurer.measure([(network, shape)], target_settings(spec))[0]
-    finally:
-        if owned:
-            measurer.close()
+    if kind == "engine":
+        network: Any = Deployable(path.read_bytes(), "engine", shape or ())
+    else:
+        network = path.read_bytes()
+    return measurer.measure([(network, shape)], target_settings(spec))[0]

@@ -38,11 +38,10 @@ from hwdnal.compile.onnx_check import (
     ort_outputs,
     single_output,
 )
-from hwdnal.devices import Measurement, Measurer, as_measurer
+from hwdnal.devices import Measurement, Measurer
 from hwdnal.devices.measurer import target_settings
 from hwdnal.errors import UserError
 from hwdnal.quantize import quantize_int8
-from hwdnal.targets import Target, load_target
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,7 +50,7 @@ if TYPE_CHECKING:
 def compile_network(
     model: nn.Module,
     input_shape: Sequence[int],
-    target: Measurer | Target | str | Path,
+    measurer: Measurer,
     out_dir: str | Path,
     *,
     int8_calibration: Iterable[Any] | None = None,
@@ -65,10 +64,8 @@ def compile_network(
     source: dict[str, Any] | None = None,
 ) -> CompiledArtifact:
     """Export, check, build (on the device), check the accuracy of, measure and describe
-    ``model`` for ``target``.
-
-    ``target`` is a :class:`Measurer` (its device builds and measures), or a target whose own
-    device is opened. ``input_shape`` is the static shape the artifact accepts (its batch is
+    ``model`` on ``measurer``'s device (it builds and measures; the caller opens and closes
+    it). ``input_shape`` is the static shape the artifact accepts (its batch is
     the target's batch). ``int8_calibration``: INT8 on any ONNX Runtime or TensorRT target;
     it yields input batches (tensors or arrays of ``input_shape``) that ONNX Runtime's static
     quantizer calibrates on (``int8_method``: MinMax, Entropy or Percentile), and the Q/DQ
@@ -82,14 +79,9 @@ def compile_network(
     very network on this device (the budget loop's last), recorded instead of timing again
     (not with INT8, whose FP32 and INT8 files are always timed together).
     """
-    measurer, owned = as_measurer(load_target(target) if isinstance(target, Path) else target)
-    try:
-        return _compile(model, input_shape, measurer, Path(out_dir), _Options(
-            int8_calibration, int8_method, check_inputs, check_source, held_out,
-            max_accuracy_drop, atol, measurement, source))
-    finally:
-        if owned:
-            measurer.close()
+    return _compile(model, input_shape, measurer, Path(out_dir), _Options(
+        int8_calibration, int8_method, check_inputs, check_source, held_out,
+        max_accuracy_drop, atol, measurement, source))
 
 
 @dataclass

@@ -4,11 +4,13 @@ same inputs (a deployed network that computes something else is worse than none)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hwdnal.compile.artifact import ENGINE_SUFFIXES
+from hwdnal.devices import Deployable, open_check_measurer
 from hwdnal.errors import UserError
 
 if TYPE_CHECKING:
@@ -16,11 +18,11 @@ if TYPE_CHECKING:
 
 
 def ort_outputs(onnx_data: bytes, shape: tuple[int, ...], inputs: list) -> list[np.ndarray]:
-    """The exported graph on this machine's ONNX Runtime: checks the export itself."""
-    from hwdnal_agent.runtimes.ort import OrtRuntime
-
-    session = OrtRuntime(precision="fp32", threads=1).compile(onnx_data, shape)
-    return [session.run(x.numpy()) for x in inputs]
+    """The exported graph on this machine's ONNX Runtime (fp32, one thread), through the
+    check's Measurer: the export itself is checked, whatever the target."""
+    with closing(open_check_measurer()) as check:
+        return check.run(Deployable(onnx_data, "onnx", tuple(shape)),
+                         [x.numpy() for x in inputs])
 
 
 def max_abs_diff(outputs: Sequence[Any], expected: list[np.ndarray]) -> float:

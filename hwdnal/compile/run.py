@@ -3,9 +3,7 @@ in its result.json."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +15,11 @@ from hwdnal.accuracy import (
 from hwdnal.atomic import write_json
 from hwdnal.compile.artifact import CHECK_IMAGES, ONNX_ATOL, CompiledArtifact, compiled_dir
 from hwdnal.compile.network import compile_network
-from hwdnal.devices import open_measurer
+from hwdnal.devices import Measurer
 from hwdnal.errors import UserError
 from hwdnal.quantize import CALIBRATION_IMAGES
+from hwdnal.results import missing_keys
 from hwdnal.run import RunDir
-from hwdnal.targets import load_target
 
 if TYPE_CHECKING:
     from hwdnal.data import DataSpec
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
 
 def compile_run(
     run_dir: str | Path,
-    target_name_or_path: str | Path,
+    measurer: Measurer,
     *,
     int8: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
@@ -37,19 +35,18 @@ def compile_run(
     accuracy_images: int = ACCURACY_IMAGES,
     max_accuracy_drop: float = MAX_ACCURACY_DROP,
     atol: float = ONNX_ATOL,
-    remote: str | None = None,
 ) -> CompiledArtifact:
     """Compile a finished run's ``pruned.pt`` into ``RUN/compiled/<target>/`` and record the
     files, their accuracy and the measured latency in its result.json. ``int8``: a Q/DQ
     ONNX calibrated on ``calibration_images`` of the run's training images. The deployed
     file classifies up to ``accuracy_images`` held-out images; it is refused when it loses
-    more than ``max_accuracy_drop`` percentage points top-1 against PyTorch. ``remote``: the
-    agent's URL when the target's device is elsewhere."""
+    more than ``max_accuracy_drop`` percentage points top-1 against PyTorch. ``measurer``:
+    the target's device (the caller opens and closes it)."""
     import torch
 
     run = Path(run_dir)
     result = _read_result(run)
-    target = load_target(target_name_or_path).with_remote(remote)
+    target = measurer.target
     pruned_path = run / result.get("artifacts", {}).get("pruned_model", "pruned.pt")
     if not pruned_path.is_file():
         raise UserError(f"{pruned_path} is missing: the search in {run} did not finish")
@@ -68,15 +65,14 @@ def compile_run(
     inputs = check_inputs_from(data, shape) if data is not None else None
     held_out = (held_out_images(data, accuracy_images) if data is not None and accuracy_images > 0
                 else None)
-    with closing(open_measurer(target)) as measurer:
-        artifact = compile_network(
-            model, shape, measurer, compiled_dir(run, target.name),
-            int8_calibration=calibration, int8_method=calibration_method,
-            check_inputs=inputs, check_source=f"{result.get('data', 'run')} test images",
-            held_out=held_out, max_accuracy_drop=max_accuracy_drop, atol=atol,
-            source={"run": str(run.resolve()), "model": pruned_path.name,
-                    "model_name": result.get("model")},
-        )
+    artifact = compile_network(
+        model, shape, measurer, compiled_dir(run, target.name),
+        int8_calibration=calibration, int8_method=calibration_method,
+        check_inputs=inputs, check_source=f"{result.get('data', 'run')} test images",
+        held_out=held_out, max_accuracy_drop=max_accuracy_drop, atol=atol,
+        source={"run": str(run.resolve()), "model": pruned_path.name,
+                "model_name": result.get("model")},
+    )
     if artifact.accuracy is None:
         reason = why if data is None else "--accuracy-images 0"
         artifact.manifest["accuracy_note"] = f"not checked: {reason}"
@@ -89,11 +85,13 @@ def record_in_result(run_dir: str | Path, artifact: CompiledArtifact) -> dict[st
     """Add the artifact's files to result.json's ``artifacts`` and its figures under
     ``compiled.<target>`` (read, modify, write atomically); returns the new result."""
     run = Path(run_dir)
-    result = _read_result(run)
-    result.setdefault("artifacts", {}).update(artifact.artifact_paths(run))
-    result.setdefault("compiled", {})[artifact.target] = artifact.summary()
-    write_json(run / "result.json", result)
-    return result
+    _read_result(run)  # a compile's own run: refused if it is not a hwdnal result
+
+    def record(result: dict[str, Any]) -> None:
+        result.setdefault("artifacts", {}).update(artifact.artifact_paths(run))
+        result.setdefault("compiled", {})[artifact.target] = artifact.summary()
+
+    return RunDir(run).update_result(record)
 
 
 def check_inputs_from(data: DataSpec, shape: Sequence[int], count: int = CHECK_IMAGES) -> list:
@@ -126,7 +124,7 @@ def calibration_batches(data: DataSpec, shape: Sequence[int], images: int = CALI
 
 def _read_result(run: Path) -> dict[str, Any]:
     result = RunDir(run).read_result()
-    if "input_shape" not in result:
+    if missing_keys(result, ("input_shape",)):
         raise UserError(f"{run / 'result.json'} is not a hwdnal result (no input_shape)")
     return result
 
@@ -136,9 +134,9 @@ def run_data(run: Path) -> tuple[DataSpec | None, str]:
     from hwdnal.data import load_data
 
     try:
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError) as error:
-        return None, f"{run / 'config.json'} is unreadable ({error})"
+        config = RunDir(run).read_config()
+    except UserError as error:
+        return None, str(error)
     try:
         return load_data(
             config["data"], config.get("data_dir"), config.get("input_size"),

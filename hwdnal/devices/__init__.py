@@ -6,7 +6,7 @@ the target's ``remote`` URL (``--remote`` overrides it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hwdnal.devices.measurer import Deployable, Measurement, Measurer, TimingSettings
 
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from hwdnal.targets import Target
 
 __all__ = [
-    "Deployable", "Measurement", "Measurer", "TimingSettings", "as_measurer", "open_measurer",
+    "Deployable", "Measurement", "Measurer", "TimingSettings",
+    "fingerprint_here", "open_check_measurer", "open_measurer", "usable_here",
 ]
 
 
@@ -30,13 +31,25 @@ def open_measurer(target: Target, remote: str | None = None) -> Measurer:
     return LocalMeasurer(target)
 
 
-def as_measurer(target: Measurer | Target | str) -> tuple[Measurer, bool]:
-    """A measurer as given, or a target's (by object or name) opened now; the flag says the
-    caller opened it and must close it."""
-    from hwdnal.targets import Target, load_target
+def usable_here(target: Target) -> tuple[bool, str]:
+    """Whether this machine can measure ``target``, and if not why."""
+    from hwdnal.devices.local import usable_here as probe
 
-    if isinstance(target, str):
-        target = load_target(target)
-    if isinstance(target, Target):
-        return open_measurer(target), True
-    return target, False
+    return probe(target)
+
+
+def fingerprint_here(target: Target) -> dict[str, Any]:
+    """The fingerprint of ``target`` measured on this machine."""
+    from hwdnal.devices.local import fingerprint_here as probe
+
+    return probe(target)
+
+
+def open_check_measurer() -> Measurer:
+    """This machine's ONNX Runtime in fp32 on one thread: where an exported graph is compared
+    with PyTorch before anything is deployed, whatever the target (it times nothing)."""
+    from hwdnal.devices.local import LocalMeasurer
+    from hwdnal.targets import Target
+
+    return LocalMeasurer(Target(name="onnx-check", runtime="onnxruntime", device="cpu",
+                                description="the export check on this machine"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from hwdnal_agent import runtimes
 from hwdnal_agent.errors import DeviceError
 from hwdnal_agent.timing import Measurement, TimingSettings, measure_with
 
+from hwdnal import __version__
 from hwdnal.devices.measurer import Deployable, Network
 from hwdnal.devices.precision import onnx_for_target
 from hwdnal.errors import UserError
@@ -19,11 +21,30 @@ if TYPE_CHECKING:
     from hwdnal.targets import Target
 
 
+def usable_here(target: Target) -> tuple[bool, str]:
+    """Whether this machine can measure ``target``, and if not why (a remote target's device
+    answers through :func:`hwdnal.devices.open_measurer`)."""
+    from hwdnal_agent.device_info import is_jetson
+
+    ok, why = target.suits(platform.machine().lower(), is_jetson())
+    return runtimes.check(target.runtime) if ok else (ok, why)
+
+
+def fingerprint_here(target: Target) -> dict[str, Any]:
+    """What identifies measurements taken for ``target`` on this machine (computed without
+    starting the runtime, so listing and checking LUTs stays cheap)."""
+    from hwdnal_agent.device_info import fingerprint
+
+    found = fingerprint(target.runtime, target.device, target.precision, target.threads,
+                        target.batch)
+    return {"target": target.name, **found, "hwdnal_version": __version__}
+
+
 class LocalMeasurer:
     where = "this machine"
 
     def __init__(self, target: Target) -> None:
-        ok, why = target.usable()
+        ok, why = usable_here(target)
         if not ok:
             raise UserError(
                 f"target '{target.name}' cannot be measured on this machine: {why}; to measure "
@@ -32,7 +53,7 @@ class LocalMeasurer:
             )
         self.target = target
         self._runtime: Any = None
-        self._fingerprint = target.fingerprint()
+        self._fingerprint = fingerprint_here(target)
 
     @property
     def name(self) -> str:

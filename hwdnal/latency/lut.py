@@ -140,9 +140,12 @@ def load_lut(path: str | Path, target: Any = None, force: bool = False) -> Lut:
 
 
 def check_target(lut: Lut, target: Any, where: str, force: bool = False) -> None:
-    from hwdnal.targets import fingerprint_mismatches
+    """``target``: the Measurer that will use the LUT, or a Target measured on this machine."""
+    from hwdnal.devices import fingerprint_here
+    from hwdnal.targets import Target, fingerprint_mismatches
 
-    problems = fingerprint_mismatches(target.fingerprint(), lut.fingerprint)
+    expected = fingerprint_here(target) if isinstance(target, Target) else target.fingerprint()
+    problems = fingerprint_mismatches(expected, lut.fingerprint)
     if problems and not force:
         raise UserError(
             f"LUT {where} was measured for target '{lut.fingerprint.get('target')}' and does "

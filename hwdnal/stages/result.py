@@ -3,28 +3,27 @@ contract, docs/design.md), after the compile stage's measurement and verdict."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from hwdnal import __version__
 from hwdnal.errors import UserError
 from hwdnal.gating.blocks import removable_branches
 from hwdnal.models.proxyless_supernet import describe_blocks
+from hwdnal.results import Result
 from hwdnal.stages.compile import run_compile
 from hwdnal.stages.context import Progress, StageContext
 
 
 def write_result(ctx: StageContext, progress: Progress, dense: nn.Module, pruned: nn.Module,
                  dense_size: tuple[int, int], pruned_facts: tuple[int, int, float],
-                 ) -> dict[str, Any]:
+                 ) -> Result:
     """Rank 0: result.json from what the stages found; with ``compile``, the compile stage
     first (its measurement and verdict go in). A compile that fails keeps the rest."""
     config = ctx.config
     assert ctx.latency is not None
     dense_params, dense_macs = dense_size
     pruned_params, pruned_macs, pruned_accuracy = pruned_facts
-    result: dict[str, Any] = {
+    result: Result = {
         "hwdnal": __version__,
         "model": config.model,
         "data": config.data,
