@@ -128,7 +128,7 @@ def test_batched_group_counts_predict_what_the_gated_model_predicts(name, shape,
         gated.gate.s.copy_(torch.randn(gated.plan.num_gates))
     predictor = LatencyModel(lut)
     ranked = ranked_channels(gated)
-    siblings = gated.sibling_groups()
+    siblings = gated.rule.siblings
     generator = torch.Generator().manual_seed(1)
     rows = []
     for _ in range(5):

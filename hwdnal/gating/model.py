@@ -192,12 +192,6 @@ class GatedModel(nn.Module):
         """Candidate blocks of a supernet's mixed layers (not only CNN residual branches)."""
         return any(not block.is_branch for block in self.blocks)
 
-    def sibling_groups(self) -> dict[int, list[int]]:
-        """For each candidate block's group in a layer WITHOUT a residual path, the groups
-        of the layer's candidates (one of them must keep channels); residual layers' blocks
-        map to an empty list (they may all go)."""
-        return self.rule.siblings
-
     def dropped_blocks(self) -> list[CandidateBlock]:
         """The candidate blocks the keep mask removes entirely."""
         keep = self.keep_mask()
