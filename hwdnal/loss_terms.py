@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +37,12 @@ class GateLossTerm:
     #: called after every step with the term's value (on the device), e.g. to adapt
     #: ``weight`` without reading it back
     after_step: Callable[[GateLossTerm, torch.Tensor], None] | None = None
+    #: called once when the stage ends; it may set the gates (e.g. to the best architecture
+    #: the term saw) and returns a line for the user, or None
+    at_end: Callable[[GatedModel], str | None] | None = None
+    #: what a resumed stage needs back besides ``weight`` (tensors on the CPU), and its loader
+    state: Callable[[], dict[str, Any]] | None = None
+    load_state: Callable[[dict[str, Any]], None] | None = None
 
     def value(self) -> torch.Tensor:
         assert self.gated is not None, "the term is bound to the gated model by the engine"

@@ -66,6 +66,10 @@ def run_architecture(ctx: StageContext, progress: Progress, dense: nn.Module) ->
                                 strict=False):
             term.weight = weight.to(ctx.device) if isinstance(weight, torch.Tensor) \
                 else weight
+        for term, state in zip(ctx.extra_terms, checkpoint.get("term_states", []),
+                               strict=False):
+            if term.load_state is not None and state:
+                term.load_state(state)
     first_epoch, first_step = resume_position(checkpoint, steps)
     ctx.observer.stage_started("architecture", epochs, steps, first_epoch, first_step)
     gated.set_delta(schedule(first_epoch * steps + first_step))
@@ -79,6 +83,8 @@ def run_architecture(ctx: StageContext, progress: Progress, dense: nn.Module) ->
             "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
             "delta": gated.gate.delta,
             "term_weights": [_on_cpu(term.weight) for term in ctx.extra_terms],
+            "term_states": [term.state() if term.state is not None else {}
+                            for term in ctx.extra_terms],
         }))
         ctx.save_progress(progress)
 
@@ -128,6 +134,11 @@ def run_architecture(ctx: StageContext, progress: Progress, dense: nn.Module) ->
         checkpoint_now(epoch, steps)
         ctx.observer.epoch_finished("architecture", epoch, summary)
     gated.set_delta(schedule.end)
+    settled = [term.at_end(gated) for term in ctx.extra_terms if term.at_end is not None]
+    for line in filter(None, settled):
+        ctx.observer.message(line)
+    if any(settled) and epochs > 0:
+        checkpoint_now(epochs - 1, steps)  # a resumed search must find the settled gates
     ctx.finish_stage(progress, "architecture", epochs, started)
     return gated
 
