@@ -55,9 +55,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+ latency weight switched: 10 over the budget, 0 under": dict(
         **_OPEN, arch_optimizer="adam", arch_lr=None, arch_momentum=0.9,
         latency_gradient="secant", latency_control="switch", latency_rate=None),
-    "+ no momentum on the gates, β1 0 (today's default)": dict(
+    "+ no momentum on the gates, β1 0": dict(
         **_OPEN, arch_optimizer="adam", arch_lr=None, arch_momentum=0.0,
-        latency_gradient="secant", latency_control="switch", latency_rate=None),
+        latency_gradient="secant", latency_control="switch", latency_rate=None,
+        arch_ends_on="last"),
+    "+ the stage ends on its best late mask under the aim (today's default)": dict(
+        **_OPEN, arch_optimizer="adam", arch_lr=None, arch_momentum=0.0,
+        latency_gradient="secant", latency_control="switch", latency_rate=None,
+        arch_ends_on="best"),
 }
 
 

@@ -93,6 +93,11 @@ def search(
         help="What the switch judges against the budget: mask (the architecture of the open gates "
         "now) or soft (the soft gates' prediction, which lags it)."
     ),
+    arch_ends_on: str = typer.Option(
+        DEFAULTS.arch_ends_on,
+        help="With a budget, the architecture the stage ends on: best (the late one nearest "
+        "under the budget by the LUT) or last (the last step's)."
+    ),
     latency_gradient: str = typer.Option(
         DEFAULTS.latency_gradient,
         help="The latency term's gradient: secant (a channel's average cost in the LUT) or local "
@@ -196,7 +201,8 @@ def search(
         batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, arch_lr=arch_lr,
         arch_optimizer=arch_optimizer, arch_batchnorm=arch_batchnorm, gate_init=gate_init,
         arch_momentum=arch_momentum, latency_control=latency_control,
-        latency_switch_on=latency_switch_on, latency_gradient=latency_gradient,
+        latency_switch_on=latency_switch_on, arch_ends_on=arch_ends_on,
+        latency_gradient=latency_gradient,
         lambda_a=lambda_a, seed=seed, weights=weights,
         trust_weights_pickle=trust_weights_pickle, device=device, target=target, budget=budget,
         lut=lut, force_lut=force_lut, channel_step=channel_step, latency_rate=latency_rate,

@@ -37,6 +37,7 @@ CHOICE_FIELDS = (
     ("--arch-batchnorm", "arch_batchnorm", ("running", "batch")),
     ("--latency-control", "latency_control", ("switch", "dual")),
     ("--latency-switch-on", "latency_switch_on", ("mask", "soft")),
+    ("--arch-ends-on", "arch_ends_on", ("best", "last")),
     ("--latency-gradient", "latency_gradient", ("secant", "local")),
 )
 
@@ -119,6 +120,9 @@ class SearchConfig:
     latency_control: str = "switch"
     #: what the switch judges: "mask" (the open gates' architecture) or "soft"
     latency_switch_on: str = "mask"
+    #: which architecture a budgeted stage ends on: "best" (the late one with the highest
+    #: LUT latency under the aim) or "last" (the last step's, wherever the switch left it)
+    arch_ends_on: str = "best"
     compile: bool = True
     #: mixed precision of the forward passes: "auto" (bf16 on a GPU that has it, else
     #: off), "bf16" or "off"; the CPU trains in full precision unless "bf16" is asked for

@@ -100,7 +100,7 @@ def test_with_no_late_architecture_under_the_aim_the_last_one_stands(tmp_path) -
     gated.set_delta(1e4)
     constraint.ascend(term, term.value().detach())
 
-    line = constraint.settle(gated)
+    line = constraint.end_on_best(gated)
 
     assert line is not None and "the last one stands" in line
     assert torch.equal(gated.gate.binary(), wide > 0)

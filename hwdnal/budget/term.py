@@ -50,6 +50,8 @@ class LatencyConstraint:
     #: switch swings the mask from the aim to 10-15% under it within a step or two; ending
     #: on the last step's mask landed anywhere from 83% to 103% of the budget, run to run
     settle_delta: float = 1e3
+    #: False: the stage ends on the last step's architecture (``--arch-ends-on last``)
+    settle: bool = True
     #: the architecture of the last step's forward pass: its relative latency by the LUT and
     #: the gates' s then (tensors on the gates' device, nothing read back per step)
     _mask_relative: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -60,13 +62,14 @@ class LatencyConstraint:
 
     def term(self) -> GateLossTerm:
         return GateLossTerm("latency", 0.0, self._relative_latency, after_step=self.ascend,
-                            at_end=self.settle, state=self.state, load_state=self.load_state)
+                            at_end=self.end_on_best, state=self.state,
+                            load_state=self.load_state)
 
     def _relative_latency(self, gated: GatedModel) -> torch.Tensor:
         before = self.model.secant_gradient
         self.model.secant_gradient = self.secant_gradient
         try:
-            late = gated.gate.delta >= self.settle_delta
+            late = self.settle and gated.gate.delta >= self.settle_delta
             if late or (self.control == "switch" and self.switch_on == "mask"):
                 with torch.no_grad():  # on the device, nothing read back
                     binary = gated.gate.binary()
@@ -106,7 +109,7 @@ class LatencyConstraint:
         self._best_relative = torch.where(better, relative, self._best_relative)
         self._best_s = torch.where(better, s.detach(), self._best_s)
 
-    def settle(self, gated: GatedModel) -> str | None:
+    def end_on_best(self, gated: GatedModel) -> str | None:
         """End the stage on the best late architecture under the aim (the gates' s set to
         what they were then); without one, the last step's architecture stands."""
         if self._best_relative is None or self._best_s is None:

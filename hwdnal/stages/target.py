@@ -47,6 +47,7 @@ def prepare_latency(ctx: StageContext, progress: Progress, target: Target,
         constraint = LatencyConstraint(latency.latency_model, latency.budget_ms, rate=rate,
                                        control=config.latency_control,
                                        switch_on=config.latency_switch_on,
+                                       settle=config.arch_ends_on == "best",
                                        secant_gradient=config.latency_gradient == "secant")
         ctx.extra_terms.append(constraint.term())
     return latency
