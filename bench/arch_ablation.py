@@ -20,6 +20,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--train-subset", type=int, default=6000)
-    parser.add_argument("--test-subset", type=int, default=2000)
+    parser.add_argument("--test-subset", type=int, default=2000, help="0: every test image")
     parser.add_argument("--epochs-weights", type=int, default=3)
     parser.add_argument("--epochs-arch", type=int, default=1)
     parser.add_argument("--epochs-finetune", type=int, default=2)
@@ -83,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="one more variant: today's default with these SearchConfig "
                         "fields changed (numbers, or words)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="each seed trains its own dense network; a row per seed")
     parser.add_argument("--target", default="cpu")
+    parser.add_argument("--lut-as-device", type=Path, default=None, metavar="LUT",
+                        help="time every network by this LUT's own prediction (no "
+                        "compile): each run then gets the same budget and fit, and variants "
+                        "differ only by what they change (bench/lut_device.py)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "arch-ablation")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "arch-stage.md")
     args = parser.parse_args(argv)
@@ -92,20 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from hwdnal.errors import UserError
     from hwdnal.search import DnalSearch, SearchConfig
 
-    common = dict(model=args.model, data="fashion-mnist", train_subset=args.train_subset,
-                  test_subset=args.test_subset, epochs_weights=args.epochs_weights,
-                  epochs_arch=args.epochs_arch, epochs_finetune=args.epochs_finetune,
-                  seed=args.seed, target=args.target, lambda_a=args.lambda_a)
     args.runs.mkdir(parents=True, exist_ok=True)
-    weights = args.runs / f"dense-seed{args.seed}-{args.train_subset}.pt"
     started = time.time()
-    if not weights.exists():
-        print(f"training the dense network once ({args.epochs_weights} epochs)", flush=True)
-        run = args.runs / "dense"
-        DnalSearch(SearchConfig(**{**common, "epochs_arch": 1, "epochs_finetune": 0,
-                                   "compile": False}), run).run()
-        dense = torch.load(run / "dense.pt", weights_only=False)
-        torch.save(dense.state_dict(), weights)
     variants = dict(VARIANTS)
     if args.set:
         changes = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -115,29 +110,65 @@ def main(argv: list[str] | None = None) -> int:
     if args.set:
         chosen = [names[-1]]
     rows: list[dict[str, Any]] = []
-    for budget in args.budgets:
+    for seed, budget in ((seed, budget) for seed in args.seeds for budget in args.budgets):
+        common = dict(model=args.model, data="fashion-mnist", train_subset=args.train_subset,
+                      test_subset=args.test_subset or None, epochs_weights=args.epochs_weights,
+                      epochs_arch=args.epochs_arch, epochs_finetune=args.epochs_finetune,
+                      seed=seed, target=args.target, lambda_a=args.lambda_a)
+        if args.lut_as_device:
+            common.update(lut=str(args.lut_as_device), force_lut=True, compile=False)
+        weights = args.runs / f"dense-seed{seed}-{args.train_subset}.pt"
+        if not weights.exists():
+            print(f"seed {seed}: training the dense network once ({args.epochs_weights} "
+                  "epochs)", flush=True)
+            run = args.runs / f"dense-seed{seed}"
+            with device(args) as measurer:
+                DnalSearch(SearchConfig(**{**common, "epochs_arch": 1, "epochs_finetune": 0,
+                                           "compile": False}), run, measurer=measurer).run()
+            dense = torch.load(run / "dense.pt", weights_only=False)
+            torch.save(dense.state_dict(), weights)
         for k, name in enumerate(chosen):
             tag = ("-" + "-".join(args.set).replace("=", "")) if args.set else ""
-            out = args.runs / f"b{budget.rstrip('%')}-v{names.index(name)}{tag}"
+            out = args.runs / f"s{seed}-b{budget.rstrip('%')}-v{names.index(name)}{tag}"
             if not (out / "result.json").exists():
-                print(f"{budget} · {name}", flush=True)
+                print(f"seed {seed} · {budget} · {name}", flush=True)
                 t0 = time.time()
                 try:
-                    DnalSearch(SearchConfig(**{**common, **variants[name], "budget": budget,
-                                               "weights": str(weights)}), out).run()
+                    with device(args) as measurer:
+                        DnalSearch(SearchConfig(**{**common, **variants[name],
+                                                   "budget": budget, "weights": str(weights)}),
+                                   out, measurer=measurer).run()
                 except UserError as error:  # e.g. a fit that found nothing within the budget
                     print(f"  failed: {error}", flush=True)
                     (out / "failed.txt").write_text(str(error))
                 print(f"  {time.time() - t0:.0f} s", flush=True)
             if (out / "failed.txt").exists() and not (out / "result.json").exists():
-                rows.append({"budget": budget, "k": k, "variant": name,
+                rows.append({"seed": seed, "budget": budget, "k": k, "variant": name,
                              "failed": (out / "failed.txt").read_text()})
                 continue
             result = json.loads((out / "result.json").read_text())
-            rows.append(_row(budget, k, name, result))
+            rows.append({"seed": seed, **_row(budget, k, name, result)})
     _write(args, rows, time.time() - started)
     print(f"wrote {args.out}")
     return 0
+
+
+@contextmanager
+def device(args: argparse.Namespace) -> Iterator[Any]:
+    """The target's device, or None (the search opens it), or the LUT standing in for it."""
+    if args.lut_as_device is None:
+        yield None
+        return
+    from lut_device import LutDevice
+
+    from hwdnal.devices import open_measurer
+    from hwdnal.targets import load_target
+
+    measurer = LutDevice(args.lut_as_device, open_measurer(load_target(args.target)))
+    try:
+        yield measurer
+    finally:
+        measurer.close()
 
 
 def _value(text: str) -> Any:
@@ -152,13 +183,22 @@ def _value(text: str) -> Any:
 def _row(budget: str, k: int, name: str, result: dict[str, Any]) -> dict[str, Any]:
     arch = result.get("arch_mask", {})
     dense, pruned = result["dense"], result["pruned"]
+    latency, met = pruned.get("latency_ms"), result.get("budget_met")
+    dense_ms = dense.get("latency_ms")
+    if dense_ms is None and budget.endswith("%"):  # not compiled: the budget's own base
+        dense_ms = result["budget_ms"] / (float(budget.rstrip("%")) / 100)
+    if latency is None and result.get("fit_rounds"):  # not compiled: the fit's last round
+        last = result["fit_rounds"][-1]
+        latency = last["measured_ms"]
+        met = all(c <= b for c, b in zip(last["calls_ms"], last["call_budgets_ms"],
+                                         strict=True))
     return {"budget": budget, "k": k, "variant": name, "kept": arch.get("kept"),
             "total": arch.get("total"), "of_budget": arch.get("of_budget"),
             "fit_changed": arch.get("fit_changed"),
             "before_finetune": arch.get("accuracy_before_finetune"),
             "accuracy": pruned["accuracy"], "dense_accuracy": dense["accuracy"],
-            "latency": pruned.get("latency_ms", 0) / dense["latency_ms"]
-            if dense.get("latency_ms") else None, "budget_met": result.get("budget_met")}
+            "latency": latency / dense_ms if latency is not None and dense_ms else None,
+            "budget_met": met}
 
 
 def _percent(value: float | None, digits: int = 1) -> str:
@@ -179,9 +219,10 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
         f"    {command}",
         "",
         f"- ResNet-20 on Fashion-MNIST: {args.train_subset} training images, "
-        f"{args.test_subset} held-out; epochs: weights {args.epochs_weights} (once, shared by "
-        f"every row), architecture {args.epochs_arch}, finetune {args.epochs_finetune}; "
-        f"λa {args.lambda_a}; seed {args.seed}; target `{args.target}`",
+        f"{args.test_subset or 'all'} held-out; epochs: weights {args.epochs_weights} (once, "
+        f"shared by every row), architecture {args.epochs_arch}, finetune {args.epochs_finetune}; "
+        f"λa {args.lambda_a}; seed(s) {', '.join(map(str, args.seeds))} (each its own dense "
+        f"network); target `{args.target}`",
         "- *stage's mask*: the channels the architecture stage itself kept, and that mask's "
         "latency by the LUT as a share of the budget (the fit then measures on the device and "
         "changes channels until every call is within the budget); *fit changed*: channels "
@@ -190,18 +231,19 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float)
         "network's.",
         "- Variants are cumulative: each row is the one above it plus one change.",
         "",
-        "| budget | variant | kept by the stage | stage's mask / budget (LUT) | fit changed | "
-        "top-1 before finetune (%) | top-1 (%) | dense top-1 (%) | latency (% of dense) | "
+        "| seed | budget | variant | kept by the stage | stage's mask / budget (LUT) | "
+        "fit changed | top-1 before finetune (%) | top-1 (%) | dense top-1 (%) | "
+        "latency (% of dense) | "
         "met |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['budget']} | {r['variant']} | failed: {r['failed'][:160]} "
-                         "| | | | | | | |")
+            lines.append(f"| {r['seed']} | {r['budget']} | {r['variant']} | failed: "
+                         f"{r['failed'][:160]} | | | | | | | |")
             continue
         lines.append(
-            f"| {r['budget']} | {r['variant']} | {r['kept']}/{r['total']} | "
+            f"| {r['seed']} | {r['budget']} | {r['variant']} | {r['kept']}/{r['total']} | "
             f"{_percent(r['of_budget'], 0)}% | {r['fit_changed']} | "
             f"{_percent(r['before_finetune'])} | {_percent(r['accuracy'])} | "
             f"{_percent(r['dense_accuracy'])} | {_percent(r['latency'], 0)} | "
