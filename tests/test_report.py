@@ -44,6 +44,8 @@ def _with_budget_keys(run: Path) -> dict:
     result["pruned"]["latency_ms"] = 0.11
     result["pruned"]["predicted_latency_ms"] = 0.105
     result["speedup"] = 0.2 / 0.11
+    result["arch_mask"] = {"kept": 40, "total": 64, "predicted_ms": 0.1164, "of_budget": 0.97,
+                           "fit_changed": 5}
     for layer in result["layers"]:
         layer["dense_lut_ms"] = 1e-4 * layer["dense_in"] * layer["dense_out"]
         layer["pruned_lut_ms"] = 1e-4 * layer["pruned_in"] * layer["pruned_out"]
@@ -91,6 +93,10 @@ def test_report_with_a_budget_plots_latency_and_the_budget_line(run: Path, tmp_p
     assert f"**{result['speedup']:.2f}x**" in text
     assert "**Budget**: 0.120 ms; measured 0.110 ms = 92% of it (met)" in text
     assert "**Target**: `cpu`" in text or result["target"] is None
+    # where the stage ended (its best late architecture), apart from its last step
+    assert "at the last one δ = " in text
+    assert ("The stage ended on 40/64 channels, 0.116 ms by the LUT (97% of the budget); "
+            "the fit then changed 5 channel(s).") in text
 
     # the same run without its latency keys: the latency plot goes, and nothing stale remains
     for layer in result["layers"]:

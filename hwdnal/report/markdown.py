@@ -95,17 +95,28 @@ def markdown(
     if curve:
         last = curve[-1]
         plural = "s" if len(curve) != 1 else ""
-        lines += [f"{len(curve)} {unit}{plural} recorded; at the end "
+        lines += [f"{len(curve)} {unit}{plural} recorded; at the last one "
                   f"δ = {_fmt(last.get('delta'))}, "
                   f"{_fmt(last.get('kept'))} channels kept, loss {_fmt(last.get('loss'))}"
                   + (f", predicted latency {_fmt(last.get('predicted_latency_ms'))} ms"
                      if is_number(last.get("predicted_latency_ms")) else "")
                   + ".", ""]
+        lines += _stage_end_lines(result.get("arch_mask") or {})
         if not is_number(last.get("predicted_latency_ms")):
             lines += ["No predicted-latency curve: the architecture stage had no latency "
                       "term (no budget).", ""]
     lines += plot_lines(plots, missing, "architecture", "architecture stage curves", run)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _stage_end_lines(arch: dict[str, Any]) -> list[str]:
+    """Where the stage ended (with a budget, its best late architecture, not necessarily
+    the last step's) and what the fit changed after it."""
+    if not is_number(arch.get("kept")) or not is_number(arch.get("of_budget")):
+        return []
+    return [f"The stage ended on {arch['kept']}/{arch.get('total', '?')} channels, "
+            f"{_fmt(arch.get('predicted_ms'))} ms by the LUT ({arch['of_budget']:.0%} of the "
+            f"budget); the fit then changed {_fmt(arch.get('fit_changed'))} channel(s).", ""]
 
 
 def _row(label: str, dense: Any, pruned: Any, fmt: Any, change: Any) -> str:
